@@ -1,0 +1,61 @@
+"""Exceptions raised by aurora-access.
+
+::
+
+    AuroraAccessError
+     +- ConfigError                    bad or missing configuration
+     +- ReadOnlySessionError           a write in db.read_only()
+     +- FailoverError
+     |   +- TransactionReplayRequired  a failover rolled the transaction back; run it again
+     |   +- CommitOutcomeUnknown       a commit was in flight during a failover; outcome unknown
+     |   +- NoWriterAvailable          no writer found within AURORA_FAILOVER_TIMEOUT
+     +- LocalClusterError              the local Aurora-like cluster could not do what was asked
+
+Each error says what happened, where (an instance or a variable) and what the caller can do.
+No message ever contains a password, token or secret value.
+"""
+
+from __future__ import annotations
+
+
+class AuroraAccessError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class ConfigError(AuroraAccessError):
+    """A configuration value is missing or malformed.
+
+    ``variable`` names the setting (for example ``AURORA_PORT``) so the message can be acted on.
+    """
+
+    def __init__(self, variable: str, message: str) -> None:
+        self.variable = variable
+        super().__init__(f"{variable}: {message}")
+
+
+class ReadOnlySessionError(AuroraAccessError):
+    """A write was attempted in a read-only session; no SQL was sent."""
+
+
+class FailoverError(AuroraAccessError):
+    """The writer changed or vanished while work was in progress."""
+
+    def __init__(self, message: str, instance: str | None = None) -> None:
+        self.instance = instance
+        super().__init__(message)
+
+
+class TransactionReplayRequired(FailoverError):
+    """A failover rolled the transaction back; nothing of it was committed: run it again."""
+
+
+class CommitOutcomeUnknown(FailoverError):
+    """A COMMIT was in flight when the connection died and its outcome could not be learned."""
+
+
+class NoWriterAvailable(FailoverError):
+    """No instance accepted writes within the failover timeout."""
+
+
+class LocalClusterError(AuroraAccessError):
+    """The local Aurora-like cluster could not be started, changed or stopped."""

@@ -1,0 +1,151 @@
+"""The cluster and reader endpoints of a local cluster: TCP forwarders in a process of their own.
+
+Aurora's cluster endpoint is a DNS name that follows the writer, and its reader endpoint spreads
+new connections over the readers. Here each is a TCP listener on its own loopback address (same
+port as the instances) forwarding every new connection to an instance. After a failover the
+cluster endpoint keeps forwarding to the old writer for ``writer_delay_s``, as Aurora's DNS does.
+
+Run as ``python -m aurora_access.local.endpoints CONFIG.json``; steered through a Linux abstract
+Unix socket with one JSON object a line (``EndpointControl``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import LocalClusterError
+
+
+@dataclass
+class Routes:
+    """Where new connections go. ``pending_writer`` takes over at ``pending_at``."""
+
+    writer: str
+    readers: list[str]
+    pending_writer: str | None = None
+    pending_at: float = 0.0
+    next_reader: int = 0
+    connections: dict[str, int] = field(default_factory=dict)
+
+    def writer_target(self) -> str:
+        if self.pending_writer is not None and time.monotonic() >= self.pending_at:
+            self.writer, self.pending_writer = self.pending_writer, None
+        return self.writer
+
+    def reader_target(self) -> str:
+        # With no reader, Aurora's reader endpoint resolves to the writer.
+        if not self.readers:
+            return self.writer_target()
+        self.next_reader = (self.next_reader + 1) % len(self.readers)
+        return self.readers[self.next_reader]
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+async def _forward(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter,
+                   target: str, port: int) -> None:
+    try:
+        server_r, server_w = await asyncio.open_connection(target, port)
+    except OSError:
+        client_w.close()  # as a client of a dead host sees it: the connection drops
+        return
+    await asyncio.gather(_pipe(client_r, server_w), _pipe(server_r, client_w))
+
+
+async def serve(config: dict[str, Any]) -> None:
+    port = int(config["port"])
+    routes = Routes(writer=config["writer"], readers=list(config["readers"]))
+
+    async def on_cluster(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await _forward(r, w, routes.writer_target(), port)
+
+    async def on_reader(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await _forward(r, w, routes.reader_target(), port)
+
+    async def on_control(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while line := await r.readline():
+            request = json.loads(line)
+            if request.get("op") == "route":
+                delay = float(request.get("writer_delay_s", 0.0))
+                if delay > 0 and request["writer"] != routes.writer:
+                    routes.pending_writer = request["writer"]
+                    routes.pending_at = time.monotonic() + delay
+                else:
+                    routes.writer, routes.pending_writer = request["writer"], None
+                routes.readers = list(request["readers"])
+            reply = {"ok": True, "writer": routes.writer, "pending_writer": routes.pending_writer,
+                     "readers": routes.readers}
+            w.write(json.dumps(reply).encode() + b"\n")
+            await w.drain()
+        w.close()
+
+    servers = [
+        await asyncio.start_server(on_cluster, config["cluster_host"], port, reuse_address=True),
+        await asyncio.start_server(on_reader, config["reader_host"], port, reuse_address=True),
+        await asyncio.start_unix_server(on_control, "\0" + config["control"]),
+    ]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for server in servers:
+        server.close()
+
+
+class EndpointControl:
+    """The client side of the forwarder's control socket."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def request(self, payload: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            try:
+                sock.connect("\0" + self.name)
+                sock.sendall(json.dumps(payload).encode() + b"\n")
+                reply = sock.makefile("rb").readline()
+            except OSError as exc:
+                raise LocalClusterError(f"the endpoint forwarder does not answer: {exc}") from exc
+        result: dict[str, Any] = json.loads(reply)
+        return result
+
+    def ping(self) -> bool:
+        try:
+            self.request({"op": "ping"}, timeout=1.0)
+        except (LocalClusterError, ValueError):
+            return False
+        return True
+
+    def route(self, writer: str, readers: list[str], writer_delay_s: float = 0.0) -> None:
+        self.request({"op": "route", "writer": writer, "readers": readers,
+                      "writer_delay_s": writer_delay_s})
+
+
+def main() -> None:
+    with open(sys.argv[1]) as f:
+        config = json.load(f)
+    asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    main()
