@@ -280,6 +280,11 @@ class LocalCluster:
                 for name in (STATE_FILE, "endpoints.json", "endpoints.log"):
                     (self.dir / name).unlink(missing_ok=True)
 
+    def detach(self) -> None:
+        """Leave the cluster running after this process exits (``aurora-access local up``)."""
+        atexit.unregister(self.close)
+        self._children.clear()
+
     @classmethod
     def attach(cls, dir: str | Path) -> LocalCluster:
         """The cluster that ``aurora-access local up --dir DIR`` left running."""
@@ -573,6 +578,11 @@ class LocalCluster:
         with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
             return list(pool.map(lambda job: job(), jobs))
 
+    def replica_lags(self) -> dict[str, float | None]:
+        """Each instance's replica lag as the writer reports it (None: not streaming)."""
+        reported = self._servers.replica_lags(self._writer_node().host)
+        return {n.id: reported.get(n.id) for n in self._nodes}
+
     def listening_addresses(self) -> list[str]:
         """``host:port`` of every socket still listening on this cluster's addresses."""
         return [a for a in _listening() if a.startswith(self.prefix + ".")
@@ -590,6 +600,21 @@ def _listening() -> Iterator[str]:
             hex_addr, hex_port = fields[1].split(":")
             octets = [str(int(hex_addr[i:i + 2], 16)) for i in (6, 4, 2, 0)]
             yield f"{'.'.join(octets)}:{int(hex_port, 16)}"
+
+
+def free_port(readers: int = 2, first: int = 25432, tries: int = 200) -> int:
+    """A port whose cluster addresses (endpoints and ``readers + 1`` instances) are all free."""
+    for port in range(first, first + tries):
+        prefix = address_prefix(port)
+        octets = [CLUSTER_ENDPOINT_OCTET, READER_ENDPOINT_OCTET,
+                  *range(FIRST_INSTANCE_OCTET, FIRST_INSTANCE_OCTET + readers + 1)]
+        try:
+            for octet in octets:
+                processes.check_free(f"{prefix}.{octet}", port)
+        except LocalClusterError:
+            continue
+        return port
+    raise LocalClusterError(f"no free port for a local cluster in {first}-{first + tries - 1}")
 
 
 def cluster_processes(state: dict[str, Any]) -> list[int]:

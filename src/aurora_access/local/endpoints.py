@@ -85,11 +85,14 @@ async def serve(config: dict[str, Any]) -> None:
             request = json.loads(line)
             if request.get("op") == "route":
                 delay = float(request.get("writer_delay_s", 0.0))
-                if delay > 0 and request["writer"] != routes.writer:
-                    routes.pending_writer = request["writer"]
+                target = request["writer"]
+                if target == routes.writer_target():
+                    routes.pending_writer = None
+                elif delay <= 0:
+                    routes.writer, routes.pending_writer = target, None
+                elif target != routes.pending_writer:  # a repeat must not restart the delay
+                    routes.pending_writer = target
                     routes.pending_at = time.monotonic() + delay
-                else:
-                    routes.writer, routes.pending_writer = request["writer"], None
                 routes.readers = list(request["readers"])
             reply = {"ok": True, "writer": routes.writer, "pending_writer": routes.pending_writer,
                      "readers": routes.readers}

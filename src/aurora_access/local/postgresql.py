@@ -363,6 +363,13 @@ class PostgresServers:
                                 (database,)).fetchone():
                 conn.execute(f"CREATE DATABASE {database} OWNER {user}".encode())
 
+    def replica_lags(self, writer_host: str) -> dict[str, float]:
+        """``aurora_replica_status()`` on the writer: instance id -> replica lag in ms."""
+        with psycopg.connect(self.conninfo(writer_host), autocommit=True) as conn:
+            rows = conn.execute("SELECT server_id, replica_lag_in_msec "
+                                "FROM aurora_replica_status()").fetchall()
+        return {r[0]: float(r[1]) for r in rows}
+
     def receive_position(self, host: str) -> int | None:
         """How far a reader has durably received the writer's WAL; None if unreachable."""
         try:

@@ -1,0 +1,105 @@
+"""The ``aurora-access`` command line.
+
+``aurora-access local up|status|failover|down`` runs the local Aurora-like cluster in the
+background; ``eval "$(aurora-access local up)"`` configures a shell for it. Every failure prints
+one clear line on stderr and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import AuroraAccessError
+from .local import LocalCluster
+from .local.cluster import default_runtime_root
+
+
+def _default_dir() -> Path:
+    override = os.environ.get("AURORA_LOCAL_DIR")
+    return Path(override) if override else default_runtime_root() / "aurora-access-local"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aurora-access",
+                                     description="Amazon Aurora access: local cluster tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+    local = commands.add_parser("local", help="a local Aurora-like cluster for development")
+    actions = local.add_subparsers(dest="action", required=True)
+    dir_help = "state and data directory (default: $AURORA_LOCAL_DIR or %(default)s)"
+    up = actions.add_parser("up", help="start a cluster in the background, print export lines")
+    up.add_argument("--engine", choices=["postgresql", "mysql"], default="postgresql")
+    up.add_argument("--readers", type=int, default=2)
+    up.add_argument("--replica-lag-ms", type=int, default=0)
+    up.add_argument("--endpoint-delay", type=float, default=0.0, metavar="S",
+                    help="seconds the cluster endpoint keeps pointing at the old writer")
+    up.add_argument("--port", type=int, default=None)
+    for name, text in [("status", "show instances, roles and replica lag"),
+                       ("failover", "crash the writer and promote a reader"),
+                       ("down", "stop everything the cluster started")]:
+        actions.add_parser(name, help=text)
+    for action in actions.choices.values():
+        action.add_argument("--dir", type=Path, default=_default_dir(), help=dir_help)
+    return parser
+
+
+def _up(args: argparse.Namespace) -> None:
+    cluster = LocalCluster(engine=args.engine, readers=args.readers,
+                           replica_lag_ms=args.replica_lag_ms, endpoint_delay_s=args.endpoint_delay,
+                           port=args.port, dir=args.dir)
+    cluster.start()
+    cluster.detach()
+    for line in cluster.recovered_stale:
+        print(f"# {line}", file=sys.stderr)
+    print(f"# local cluster up in {cluster.started_in_s:.2f} s: {cluster.describe()}",
+          file=sys.stderr)
+    print(f"# stop it with: aurora-access local down --dir {shlex.quote(str(args.dir))}",
+          file=sys.stderr)
+    for name, value in cluster.env().items():
+        print(f"export {name}={shlex.quote(value)}")
+
+
+def _status(args: argparse.Namespace) -> None:
+    cluster = LocalCluster.attach(args.dir)
+    print(cluster.describe())
+    try:
+        lags = cluster.replica_lags()
+    except Exception as exc:  # the writer may be down: say so, do not fail the status
+        print(f"writer not answering: {exc}")
+        return
+    for instance in cluster.instances:
+        lag = lags.get(instance.id)
+        shown = "not streaming" if lag is None else f"lag {lag:.1f} ms"
+        print(f"  {instance.id} {instance.host}:{instance.port} {instance.role:6} {shown}")
+
+
+def _failover(args: argparse.Namespace) -> None:
+    print(LocalCluster.attach(args.dir).failover())
+
+
+def _down(args: argparse.Namespace) -> None:
+    cluster = LocalCluster.attach(args.dir)
+    cluster.close()
+    left = cluster.listening_addresses()
+    if left:
+        raise AuroraAccessError(f"sockets still listening after down: {', '.join(left)}")
+    print(f"stopped the local cluster in {args.dir}; no process or listening socket left")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"up": _up, "status": _status, "failover": _failover, "down": _down}
+    try:
+        handlers[args.action](args)
+    except AuroraAccessError as exc:
+        print(f"aurora-access: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

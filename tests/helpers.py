@@ -1,0 +1,26 @@
+"""Small helpers the tests share: raw connections to instances of a local cluster."""
+
+from __future__ import annotations
+
+import psycopg
+
+from aurora_access.local import LocalCluster
+
+
+def admin(cluster: LocalCluster, host: str, timeout: int = 2) -> psycopg.Connection[tuple]:
+    """Superuser autocommit connection to one address of the cluster (instance or endpoint)."""
+    return psycopg.connect(host=host, port=cluster.port, user="postgres", dbname=cluster.database,
+                           connect_timeout=timeout, autocommit=True)
+
+
+def app(cluster: LocalCluster, host: str, timeout: int = 2) -> psycopg.Connection[tuple]:
+    """The application role's autocommit connection to one address of the cluster."""
+    return psycopg.connect(host=host, port=cluster.port, user=cluster.user,
+                           password=cluster.password, dbname=cluster.database,
+                           connect_timeout=timeout, autocommit=True)
+
+
+def scalar(conn: psycopg.Connection[tuple], sql: str) -> object:
+    row = conn.execute(sql.encode()).fetchone()
+    assert row is not None
+    return row[0]

@@ -1,0 +1,75 @@
+"""`aurora-access local up|status|failover|down` as a user runs it, in separate processes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+
+from aurora_access.local import free_port
+from aurora_access.local.cluster import _listening, address_prefix
+from aurora_access.local.processes import is_alive
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "aurora_access.cli", *args],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_up_status_failover_down(shm_dir: Path) -> None:
+    port = free_port()
+    up = cli("local", "up", "--dir", str(shm_dir), "--port", str(port), "--readers", "2")
+    assert up.returncode == 0, up.stderr
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines())
+    assert exports["AURORA_PORT"] == str(port)
+    # the cluster outlives the command that started it
+    with psycopg.connect(host=exports["AURORA_CLUSTER_ENDPOINT"], port=port,
+                         user=exports["AURORA_USER"], password=exports["AURORA_PASSWORD"],
+                         dbname=exports["AURORA_DATABASE"]) as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
+    state = json.loads((shm_dir / "state.json").read_text())
+    pids = [state["forwarder_pid"]] + [n["pid"] for n in state["nodes"]]
+
+    status = cli("local", "status", "--dir", str(shm_dir))
+    assert status.returncode == 0, status.stderr
+    assert "11 " in status.stdout and "writer" in status.stdout and "lag" in status.stdout
+
+    failover = cli("local", "failover", "--dir", str(shm_dir))
+    assert failover.returncode == 0, failover.stderr
+    assert failover.stdout.startswith("failover 11 -> ")
+    state = json.loads((shm_dir / "state.json").read_text())
+    pids += [n["pid"] for n in state["nodes"]]
+    assert [n["role"] for n in state["nodes"]].count("writer") == 1
+    assert state["nodes"][0]["role"] == "reader"
+
+    down = cli("local", "down", "--dir", str(shm_dir))
+    assert down.returncode == 0, down.stderr
+    assert not [p for p in pids if is_alive(p)]
+    prefix = exports["AURORA_CLUSTER_ENDPOINT"].rsplit(".", 1)[0] + "."
+    assert not [a for a in _listening() if a.startswith(prefix)]
+    assert not (shm_dir / "state.json").exists()
+
+
+def test_commands_without_a_cluster_fail_clearly(shm_dir: Path) -> None:
+    for action in ("status", "failover", "down"):
+        result = cli("local", action, "--dir", str(shm_dir))
+        assert result.returncode == 1
+        assert result.stderr.startswith("aurora-access: error: no local cluster in ")
+        assert "Traceback" not in result.stderr
+
+
+def test_up_on_an_address_in_use_fails_clearly(shm_dir: Path) -> None:
+    port = free_port()
+    reader_endpoint = f"{address_prefix(port)}.3"
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind((reader_endpoint, port))
+        squatter.listen()
+        result = cli("local", "up", "--dir", str(shm_dir), "--port", str(port))
+    assert result.returncode == 1
+    assert f"{reader_endpoint}:{port} (in use)" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""

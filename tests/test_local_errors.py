@@ -1,0 +1,70 @@
+"""Clear errors from the local cluster: missing binaries, addresses in use, stale directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+
+from aurora_access import LocalClusterError
+from aurora_access.local import LocalCluster, free_port
+from aurora_access.local.cluster import address_prefix
+from aurora_access.local.processes import descendants
+
+
+def test_missing_postgresql_binaries_say_how_to_install_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AURORA_LOCAL_PG_BINDIR", str(tmp_path))
+    with pytest.raises(LocalClusterError, match="apt-get install postgresql") as caught:
+        LocalCluster(readers=1)
+    assert str(tmp_path) in str(caught.value)
+
+
+def test_an_address_in_use_is_named(shm_dir: Path) -> None:
+    port = free_port(1)
+    taken = f"{address_prefix(port)}.12"
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind((taken, port))
+        squatter.listen()
+        with pytest.raises(LocalClusterError, match=rf"{taken}:{port} \(in use\)"):
+            LocalCluster(readers=1, port=port, dir=shm_dir).start()
+    assert not any((shm_dir / i).exists() for i in ("11", "12"))
+
+
+def test_a_directory_in_use_by_a_running_cluster_is_refused(shm_dir: Path) -> None:
+    with LocalCluster(readers=0, port=free_port(0), dir=shm_dir) as running:
+        with pytest.raises(LocalClusterError, match="already running") as caught:
+            LocalCluster(readers=0, port=free_port(0, first=running.port + 1),
+                         dir=shm_dir).start()
+        assert "local down --dir" in str(caught.value)
+        assert running.state(running.writer.id) == "running"
+
+
+def test_a_stale_directory_from_a_crashed_run_is_recovered(shm_dir: Path) -> None:
+    port = free_port(1)
+    crashed = LocalCluster(readers=1, port=port, dir=shm_dir).start()
+    crashed.detach()
+    # the controlling process "dies": everything it started is killed, its files stay behind
+    state = json.loads((shm_dir / "state.json").read_text())
+    pids = [state["forwarder_pid"]] + [n["pid"] for n in state["nodes"]]
+    for pid in pids + [d for p in pids for d in descendants(p)]:
+        os.kill(pid, signal.SIGKILL)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    with LocalCluster(readers=1, port=port, dir=shm_dir) as fresh:
+        assert any("crashed run" in line for line in fresh.recovered_stale)
+        assert fresh.state(fresh.writer.id) == "running"
+
+
+def test_bad_arguments_are_named() -> None:
+    with pytest.raises(LocalClusterError, match="readers"):
+        LocalCluster(readers=16)
+    with pytest.raises(LocalClusterError, match="port"):
+        LocalCluster(port=80)
+    with pytest.raises(LocalClusterError, match="engine 'oracle'"):
+        LocalCluster(engine="oracle")
