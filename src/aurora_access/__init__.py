@@ -1,5 +1,6 @@
 """aurora-access: read/write-splitting, failover-aware SQLAlchemy sessions for Amazon Aurora."""
 
+from .database import Database
 from .errors import (
     AuroraAccessError,
     CommitOutcomeUnknown,
@@ -10,17 +11,22 @@ from .errors import (
     ReadOnlySessionError,
     TransactionReplayRequired,
 )
+from .session import RoutingSession
+from .settings import Settings
 from .topology import Instance, Topology
 
 __all__ = [
     "AuroraAccessError",
     "CommitOutcomeUnknown",
     "ConfigError",
+    "Database",
     "FailoverError",
     "Instance",
     "LocalClusterError",
     "NoWriterAvailable",
     "ReadOnlySessionError",
+    "RoutingSession",
+    "Settings",
     "Topology",
     "TransactionReplayRequired",
 ]

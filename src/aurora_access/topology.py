@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from .dialects import EngineDialect
 
 Role = Literal["writer", "reader"]
 
@@ -29,3 +33,57 @@ class Topology:
 
     writer: Instance
     readers: list[Instance]
+
+
+def discover(
+    query: Callable[[str, str], list[tuple[Any, ...]]],
+    dialect: EngineDialect,
+    cluster_endpoint: str,
+    reader_endpoint: str,
+    port: int,
+    host_pattern: str | None,
+    candidates: list[str],
+) -> Topology:
+    """Find the writer and readers by asking instances directly.
+
+    ``query(host, sql)`` runs one statement on one host and returns its rows (raising on
+    failure). With a host pattern and Aurora's metadata, one query on any instance answers the
+    whole topology; otherwise each endpoint is asked whether it is in recovery. Raises the last
+    error if no host answered.
+    """
+    last_error: Exception | None = None
+    if host_pattern is not None:
+        for host in candidates or [cluster_endpoint]:
+            try:
+                rows = query(host, dialect.topology_sql)
+            except Exception as exc:  # the next candidate may answer
+                last_error = exc
+                continue
+            instances = [
+                Instance(id=str(r[0]), host=host_pattern.replace("?", str(r[0])), port=port,
+                         role="writer" if r[1] else "reader",
+                         lag_ms=None if r[1] or r[2] is None else float(r[2]))
+                for r in rows
+            ]
+            writers = [i for i in instances if i.role == "writer"]
+            if len(writers) == 1:
+                return Topology(writers[0], sorted((i for i in instances if i.role == "reader"),
+                                                   key=lambda i: i.id))
+            last_error = LookupError(f"{host} reported {len(writers)} writers")
+    writer: Instance | None = None
+    readers: list[Instance] = []
+    for host in dict.fromkeys([cluster_endpoint, reader_endpoint]):
+        try:
+            in_recovery = bool(query(host, dialect.is_reader_sql)[0][0])
+        except Exception as exc:
+            last_error = exc
+            continue
+        instance = Instance(id=host, host=host, port=port,
+                            role="reader" if in_recovery else "writer")
+        if in_recovery:
+            readers.append(instance)
+        elif writer is None:
+            writer = instance
+    if writer is None:
+        raise last_error or LookupError("no writer found")
+    return Topology(writer, readers)

@@ -1,0 +1,385 @@
+"""Database: the facade users hold. Sessions, topology, pools, read-your-writes, stats.
+
+``Router`` picks the instance for each statement that ``RoutingSession`` routed: the writer,
+or a reader that is healthy, within the lag limit and (read-your-writes) has replayed the
+context's last commit; else the writer, counted in ``ryw_fallbacks``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Literal
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import sessionmaker
+
+from .consistency import (
+    CommitTracker,
+    ReplicaPositions,
+    WriterPositions,
+    decode_token,
+    encode_token,
+)
+from .dialects import EngineDialect, for_engine
+from .errors import NoWriterAvailable
+from .pools import InstancePools
+from .session import RoutingSession
+from .settings import Settings
+from .topology import Instance, Topology, discover
+
+log = logging.getLogger("aurora_access")
+
+STAT_NAMES = ("reads_on_readers", "reads_on_writer", "writes", "failovers", "retries",
+              "ryw_fallbacks", "ryw_waits", "iam_tokens_generated", "topology_refreshes")
+_RYW_POLL_S = 0.002
+
+
+class Stats:
+    """Named counters, safe to bump from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter({name: 0 for name in STAT_NAMES})
+
+    def bump(self, name: str, by: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += by
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+class Router:
+    """Chooses instances for routed statements; shared by every session of one Database."""
+
+    def __init__(self, settings: Settings, dialect: EngineDialect, pools: InstancePools,
+                 stats: Stats) -> None:
+        self.settings = settings
+        self.dialect = dialect
+        self.pools = pools
+        self.stats = stats
+        self.commits = CommitTracker()
+        self.writer_positions = WriterPositions(self._observe_writer_position)
+        self.replica_positions = ReplicaPositions()
+        self.topology: Topology | None = None
+        self.unhealthy: set[str] = set()
+        self._next = 0
+
+    # -- binds for RoutingSession -------------------------------------------------------
+
+    def writer_bind(self, session: RoutingSession) -> Engine:
+        self.stats.bump("writes" if session.wrote else "reads_on_writer")
+        return self.pools.engine(self._topology().writer)
+
+    def reader_bind(self, session: RoutingSession, snapshot: bool = False) -> Engine:
+        topology = self._topology()
+        reader = self._choose_reader(topology, session.after)
+        if reader is None:
+            return self.pools.engine(topology.writer)
+        self.stats.bump("reads_on_readers")
+        return self.pools.snapshot_engine(reader) if snapshot else self.pools.engine(reader)
+
+    def committed(self) -> None:
+        if self.settings.read_your_writes:
+            self.commits.committed()
+
+    # -- reader choice ------------------------------------------------------------------
+
+    def _choose_reader(self, topology: Topology, after: int | None) -> Instance | None:
+        max_lag = self.settings.max_replica_lag_ms
+        usable = [r for r in topology.readers if r.id not in self.unhealthy
+                  and (r.lag_ms is None or r.lag_ms <= max_lag)]
+        if not usable:
+            self.stats.bump("reads_on_writer")
+            return None
+        needed = self.needed_position(after)
+        if needed is None:
+            return self._pick(usable)
+        if needed < 0:  # a commit to see whose position could not be learned
+            self.stats.bump("ryw_fallbacks")
+            return None
+        proven = [r for r in usable if self.replica_positions.reached(r.id, needed)]
+        if proven:
+            return self._pick(proven)
+        deadline = time.monotonic() + self.settings.ryw_wait_ms / 1000
+        self.stats.bump("ryw_waits")
+        while True:
+            for reader in usable:
+                if self._replica_reached(reader, needed):
+                    return reader
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(_RYW_POLL_S)
+        self.stats.bump("ryw_fallbacks")
+        log.debug("read-your-writes: no reader has replayed %s within %.0f ms; reading on "
+                  "the writer", self.dialect.format_position(needed), self.settings.ryw_wait_ms)
+        return None
+
+    def needed_position(self, after: int | None) -> int | None:
+        """The position a read must see: the session's ``after`` token and this context's
+        last commit. None: anything goes; -1: unknown, read on the writer."""
+        needed = after
+        if self.settings.read_your_writes:
+            mark = self.commits.current()
+            if mark is not None:
+                position = mark.position
+                if position is None:
+                    position = self.writer_positions.position_after(
+                        mark.committed_ns, self.settings.connect_timeout)
+                    if position is None:
+                        return -1
+                    self.commits.learned(mark, position)
+                needed = position if needed is None else max(needed, position)
+        return needed
+
+    def _replica_reached(self, reader: Instance, needed: int) -> bool:
+        try:
+            with self.pools.engine(reader).connect() as conn:
+                position = self.dialect.parse_position(
+                    conn.exec_driver_sql(self.dialect.replica_position_sql).scalar())
+        except Exception as exc:
+            log.warning("reader %s did not answer its replay position: %s", reader.id,
+                        type(exc).__name__)
+            self.unhealthy = self.unhealthy | {reader.id}
+            return False
+        self.replica_positions.update(reader.id, position)
+        return position is not None and position >= needed
+
+    def _pick(self, readers: list[Instance]) -> Instance:
+        strategy = self.settings.reader_selection
+        if len(readers) == 1:
+            return readers[0]
+        if strategy == "random":
+            return random.choice(readers)  # noqa: S311 - load spreading, not security
+        if strategy == "least_connections":
+            return min(readers, key=self.pools.checked_out)
+        if strategy == "lowest_lag":
+            return min(readers, key=lambda r: r.lag_ms if r.lag_ms is not None else 0.0)
+        self._next = (self._next + 1) % len(readers)
+        return readers[self._next]
+
+    # -- positions and topology ---------------------------------------------------------
+
+    def _observe_writer_position(self) -> int | None:
+        try:
+            engine = self.pools.engine(self._topology().writer)
+            with engine.connect() as conn:
+                autocommit = conn.execution_options(isolation_level="AUTOCOMMIT")
+                return self.dialect.parse_position(
+                    autocommit.exec_driver_sql(self.dialect.writer_position_sql).scalar())
+        except Exception as exc:
+            log.warning("could not read the writer's position: %s", type(exc).__name__)
+            return None
+
+    def _topology(self) -> Topology:
+        topology = self.topology
+        if topology is None:
+            raise NoWriterAvailable("no writer is known for this cluster")
+        return topology
+
+
+class Database:
+    """Sessions that route reads and writes over an Aurora cluster's instances.
+
+    Construction discovers the topology (raising NoWriterAvailable if no instance answers as
+    the writer) and starts a daemon thread that refreshes it every
+    ``topology_refresh_s``; ``close()`` stops it and closes every pool.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.dialect = for_engine(settings.engine)
+        self._stats = Stats()
+        self._pools = InstancePools(settings, self.dialect, on_disconnect=self._host_down)
+        self._router = Router(settings, self.dialect, self._pools, self._stats)
+        self._stop = threading.Event()
+        self.sessionmaker: sessionmaker[RoutingSession] = sessionmaker(
+            class_=RoutingSession, router=self._router)
+        self.refresh_topology()
+        self._monitor = threading.Thread(target=self._monitor_loop, daemon=True,
+                                         name="aurora-access-topology")
+        self._monitor.start()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None,
+                 prefix: str = "AURORA_") -> Database:
+        return cls(Settings.from_env(environ, prefix))
+
+    # -- sessions -----------------------------------------------------------------------
+
+    @contextmanager
+    def session(self, after: str | None = None) -> Iterator[RoutingSession]:
+        """A routing session: commits on success, rolls back on error, always closes.
+
+        ``after``: a commit token (``commit_token()``) whose commit every read must see.
+        Raises ValueError for a token that is not one of ours.
+        """
+        with self._session("auto", after, snapshot=False) as s:
+            yield s
+
+    @contextmanager
+    def read_only(self, snapshot: bool = False,
+                  after: str | None = None) -> Iterator[RoutingSession]:
+        """Readers only; a write raises ReadOnlySessionError before any SQL is sent.
+
+        ``snapshot=True``: every read of the session sees one consistent snapshot (one
+        REPEATABLE READ, read-only transaction on one reader) instead of one per statement.
+        """
+        with self._session("read_only", after, snapshot=snapshot) as s:
+            yield s
+
+    @contextmanager
+    def writer(self) -> Iterator[RoutingSession]:
+        """Everything on the writer, in one transaction."""
+        with self._session("writer", None, snapshot=False) as s:
+            yield s
+
+    @contextmanager
+    def _session(self, mode: Literal["auto", "read_only", "writer"], after: str | None,
+                 snapshot: bool) -> Iterator[RoutingSession]:
+        position = decode_token(self.dialect.name, after) if after else None
+        session = self.sessionmaker(mode=mode, after=position, snapshot=snapshot)
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def commit_token(self) -> str | None:
+        """An opaque token for the newest commit made in this context, or None.
+
+        Costs at most one query on the writer (shared with concurrent callers), none if the
+        position is already known.
+        """
+        needed = self._router.needed_position(None)
+        if needed is None:
+            return None
+        if needed < 0:
+            raise NoWriterAvailable("the writer did not answer with its position")
+        return encode_token(self.dialect.name, needed)
+
+    # -- introspection ------------------------------------------------------------------
+
+    def topology(self) -> Topology:
+        return self._router._topology()
+
+    def stats(self) -> dict[str, int]:
+        return self._stats.snapshot()
+
+    def engine(self, role: Literal["writer", "reader"]) -> Engine:
+        """A SQLAlchemy Engine on the current writer, or on a reader (the writer if none)."""
+        topology = self.topology()
+        if role == "writer":
+            return self._pools.engine(topology.writer)
+        if role == "reader":
+            readers = [r for r in topology.readers if r.id not in self._router.unhealthy]
+            return self._pools.engine(readers[0] if readers else topology.writer)
+        raise ValueError(f"role must be 'writer' or 'reader', not {role!r}")
+
+    # -- topology -----------------------------------------------------------------------
+
+    def refresh_topology(self) -> Topology:
+        """Ask the instances for the topology now; keep the old one if none answers."""
+        s = self.settings
+        known = self._router.topology
+        hosts = [] if known is None else [known.writer.host, *(r.host for r in known.readers)]
+        try:
+            topology = discover(self._query, self.dialect, s.cluster_endpoint,
+                                s.reader_endpoint, s.port, s.instance_host_pattern,
+                                [*hosts, s.cluster_endpoint])
+        except Exception as exc:
+            if known is None:
+                raise NoWriterAvailable(
+                    f"no instance of {s.cluster_endpoint}:{s.port} answered as the writer "
+                    f"({type(exc).__name__}: {exc})") from exc
+            log.warning("topology refresh failed, keeping the last one: %s", exc)
+            return known
+        self._apply(known, topology)
+        return topology
+
+    def _apply(self, old: Topology | None, new: Topology) -> None:
+        if old is not None and old.writer.id != new.writer.id:
+            log.warning("writer changed: %s -> %s", old.writer.id, new.writer.id)
+            self._router.writer_positions.reset()
+            self._router.replica_positions.reset()
+        if old is None or {r.id for r in old.readers} != {r.id for r in new.readers}:
+            log.info("topology: writer %s, readers %s", new.writer.id,
+                     ", ".join(r.id for r in new.readers) or "none")
+        self._router.topology = new
+        s = self.settings
+        self._pools.retain({new.writer.host, *(r.host for r in new.readers),
+                            s.cluster_endpoint, s.reader_endpoint})
+        self._stats.bump("topology_refreshes")
+
+    def _host_down(self, host: str) -> None:
+        topology = self._router.topology
+        if topology is None:
+            return
+        for reader in topology.readers:
+            if reader.host == host and reader.id not in self._router.unhealthy:
+                log.warning("reader %s lost a connection: no reads until it answers again",
+                            reader.id)
+                self._router.unhealthy = self._router.unhealthy | {reader.id}
+
+    def _query(self, host: str, sql: str) -> list[tuple[Any, ...]]:
+        with self._pools.probe_engine(host, self.settings.port).connect() as conn:
+            return [tuple(r) for r in conn.exec_driver_sql(sql).fetchall()]
+
+    def _refresh_positions(self) -> None:
+        topology = self._router.topology
+        if topology is None:
+            return
+        began = time.monotonic_ns()
+        position = self._router._observe_writer_position()
+        if position is not None:
+            self._router.writer_positions.record(began, position)
+        healthy: set[str] = set()
+        for reader in topology.readers:
+            try:
+                with self._pools.probe_engine(reader.host, reader.port).connect() as conn:
+                    replayed = self.dialect.parse_position(
+                        conn.exec_driver_sql(self.dialect.replica_position_sql).scalar())
+            except Exception as exc:
+                log.debug("reader %s did not answer: %s", reader.id, type(exc).__name__)
+                continue
+            self._router.replica_positions.update(reader.id, replayed)
+            healthy.add(reader.id)
+        back = self._router.unhealthy & healthy
+        if back:
+            log.info("readers answering again: %s", ", ".join(sorted(back)))
+        self._router.unhealthy = {r.id for r in topology.readers} - healthy
+
+    def _monitor_loop(self) -> None:
+        while not self._stop.wait(self.settings.topology_refresh_s):
+            try:
+                self.refresh_topology()
+                self._refresh_positions()
+            except Exception:  # the monitor must outlive any one failure
+                log.exception("topology monitor iteration failed")
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the monitor thread and close every pool. The process can then exit."""
+        self._stop.set()
+        if self._monitor.is_alive() and self._monitor is not threading.current_thread():
+            self._monitor.join(timeout)
+            if self._monitor.is_alive():
+                warnings.warn(f"aurora-access topology monitor did not stop in {timeout} s",
+                              RuntimeWarning, stacklevel=2)
+        self._pools.dispose()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

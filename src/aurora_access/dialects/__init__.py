@@ -1,0 +1,37 @@
+"""Engine-specific SQL and driver settings, one module per engine.
+
+The core (routing, topology, consistency) talks to an engine only through ``EngineDialect``;
+adding an engine means adding a module here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..errors import ConfigError
+from .postgresql import PostgresDialect
+
+
+class EngineDialect(Protocol):
+    name: str
+    drivername: str
+    #: instance id, is writer, replica lag in ms (Aurora's metadata); None: not on Aurora
+    topology_sql: str
+    has_topology_sql: str
+    is_reader_sql: str
+    instance_id_sql: str
+    writer_position_sql: str
+    replica_position_sql: str
+
+    def parse_position(self, value: Any) -> int | None: ...
+
+    def format_position(self, position: int) -> str: ...
+
+    def connect_args(self, sslmode: str, sslrootcert: str | None,
+                     connect_timeout: float) -> dict[str, Any]: ...
+
+
+def for_engine(name: str) -> EngineDialect:
+    if name == "postgresql":
+        return PostgresDialect()
+    raise ConfigError("AURORA_ENGINE", f"engine {name!r} is not supported yet; use postgresql")

@@ -1,0 +1,128 @@
+"""One SQLAlchemy engine (and so one connection pool) per instance.
+
+Reader engines run in AUTOCOMMIT: a read outside a write transaction at READ COMMITTED gains
+nothing from BEGIN/ROLLBACK (each statement takes its own snapshot anyway), so it costs one
+round trip, and psycopg keeps its prepared statements (its rollback returns early in
+autocommit). A session that asks for one consistent snapshot gets a REPEATABLE READ, read-only
+transaction on the same pool (``snapshot_engine``).
+
+Engines of instances that left the topology are disposed: idle connections close at once,
+connections in use close when they are returned, so nothing in flight breaks.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import URL, Engine, create_engine, event
+from sqlalchemy.engine import ExceptionContext
+
+from .dialects import EngineDialect
+from .settings import Settings
+from .topology import Instance
+
+
+class InstancePools:
+    """Engines keyed by (host, port, autocommit), made on first use.
+
+    The writer's engine runs transactions; readers' engines, and the small probes the
+    topology monitor sends to any host, run in autocommit. ``on_disconnect(host)`` is called
+    when a connection to a host turns out dead, so the router can stop sending reads there at
+    once instead of at the next topology refresh.
+    """
+
+    def __init__(self, settings: Settings, dialect: EngineDialect,
+                 on_disconnect: Callable[[str], None] | None = None) -> None:
+        self._settings = settings
+        self._dialect = dialect
+        self._on_disconnect = on_disconnect
+        self._lock = threading.Lock()
+        self._engines: dict[tuple[str, int, bool], Engine] = {}
+        self._snapshot: dict[tuple[str, int], Engine] = {}
+
+    def _url(self, host: str, port: int) -> URL:
+        s = self._settings
+        return URL.create(self._dialect.drivername, username=s.user, password=s.password,
+                          host=host, port=port, database=s.database)
+
+    def engine(self, instance: Instance) -> Engine:
+        """The writer's transactional engine, or a reader's autocommit engine."""
+        return self._engine(instance.host, instance.port, instance.role == "reader")
+
+    def probe_engine(self, host: str, port: int) -> Engine:
+        """An autocommit engine on any host, for one-statement probes."""
+        return self._engine(host, port, True)
+
+    def _engine(self, host: str, port: int, autocommit: bool) -> Engine:
+        key = (host, port, autocommit)
+        engine = self._engines.get(key)
+        if engine is not None:
+            return engine
+        with self._lock:
+            engine = self._engines.get(key)
+            if engine is None:
+                engine = self._make(host, port, autocommit)
+                self._engines[key] = engine
+        return engine
+
+    def snapshot_engine(self, instance: Instance) -> Engine:
+        """The reader's pool, in a read-only REPEATABLE READ transaction per session."""
+        key = (instance.host, instance.port)
+        engine = self._snapshot.get(key)
+        if engine is None:
+            engine = self.engine(instance).execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            self._snapshot[key] = engine
+        return engine
+
+    def _make(self, host: str, port: int, autocommit: bool) -> Engine:
+        s = self._settings
+        options: dict[str, Any] = {
+            "pool_size": s.pool_size,
+            "max_overflow": s.max_overflow,
+            "pool_timeout": s.pool_timeout,
+            "pool_recycle": s.pool_recycle if s.pool_recycle > 0 else -1,
+            "pool_pre_ping": False,  # broken connections are handled on the error path
+            "connect_args": self._dialect.connect_args(s.sslmode, s.sslrootcert,
+                                                       s.connect_timeout),
+        }
+        if autocommit:
+            options["isolation_level"] = "AUTOCOMMIT"
+        engine = create_engine(self._url(host, port), **options)
+        if self._on_disconnect is not None:
+            notify = self._on_disconnect
+
+            @event.listens_for(engine, "handle_error")
+            def _dead_connection(context: ExceptionContext) -> None:
+                if context.is_disconnect:
+                    notify(host)
+
+        return engine
+
+    def checked_out(self, instance: Instance) -> int:
+        """Connections of this instance's pool now in use (for least_connections)."""
+        engine = self._engines.get((instance.host, instance.port, instance.role == "reader"))
+        if engine is None:
+            return 0
+        checkedout = getattr(engine.pool, "checkedout", None)
+        return int(checkedout()) if callable(checkedout) else 0
+
+    def retain(self, hosts: set[str]) -> None:
+        """Dispose the engines of hosts no longer in the topology (nor endpoints)."""
+        with self._lock:
+            gone = [k for k in self._engines if k[0] not in hosts]
+            engines = [self._engines.pop(k) for k in gone]
+            for host, port, _ in gone:
+                self._snapshot.pop((host, port), None)
+        for engine in engines:
+            engine.dispose()
+
+    def dispose(self) -> None:
+        with self._lock:
+            engines = list(self._engines.values())
+            self._engines.clear()
+            self._snapshot.clear()
+        for engine in engines:
+            engine.dispose()
