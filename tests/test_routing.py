@@ -97,3 +97,12 @@ def test_write_words_inside_literals_do_not_matter(word: str, quote: str) -> Non
        st.sampled_from(["SELECT * FROM w", "SELECT count(*) FROM w"]))
 def test_a_data_modifying_cte_always_writes(dml: str, tail: str) -> None:
     assert not text_is_read_only(f"WITH w AS ({dml} RETURNING *) {tail}")
+
+
+def test_a_select_from_a_data_modifying_cte_writes() -> None:
+    moved = sa.delete(Product).where(Product.stock == 0).returning(Product.id).cte("moved")
+    assert statement_route(sa.select(moved.c.id)) is Route.WRITER
+    assert statement_route(sa.select(Product).join(moved, moved.c.id == Product.id)
+                           ) is Route.WRITER
+    cheap = sa.select(Product).where(Product.stock < 5).cte("cheap")
+    assert statement_route(sa.select(cheap.c.id)) is Route.READER

@@ -14,7 +14,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Literal
 
 from sqlalchemy import Engine
@@ -86,6 +86,9 @@ class Router:
             return self.pools.engine(topology.writer)
         self.stats.bump("reads_on_readers")
         return self.pools.snapshot_engine(reader) if snapshot else self.pools.engine(reader)
+
+    def current_writer_engine(self) -> Engine:
+        return self.pools.engine(self._topology().writer)
 
     def committed(self) -> None:
         if self.settings.read_your_writes:
@@ -215,32 +218,26 @@ class Database:
 
     # -- sessions -----------------------------------------------------------------------
 
-    @contextmanager
-    def session(self, after: str | None = None) -> Iterator[RoutingSession]:
+    def session(self, after: str | None = None) -> AbstractContextManager[RoutingSession]:
         """A routing session: commits on success, rolls back on error, always closes.
 
         ``after``: a commit token (``commit_token()``) whose commit every read must see.
         Raises ValueError for a token that is not one of ours.
         """
-        with self._session("auto", after, snapshot=False) as s:
-            yield s
+        return self._session("auto", after, snapshot=False)
 
-    @contextmanager
     def read_only(self, snapshot: bool = False,
-                  after: str | None = None) -> Iterator[RoutingSession]:
+                  after: str | None = None) -> AbstractContextManager[RoutingSession]:
         """Readers only; a write raises ReadOnlySessionError before any SQL is sent.
 
         ``snapshot=True``: every read of the session sees one consistent snapshot (one
         REPEATABLE READ, read-only transaction on one reader) instead of one per statement.
         """
-        with self._session("read_only", after, snapshot=snapshot) as s:
-            yield s
+        return self._session("read_only", after, snapshot=snapshot)
 
-    @contextmanager
-    def writer(self) -> Iterator[RoutingSession]:
+    def writer(self) -> AbstractContextManager[RoutingSession]:
         """Everything on the writer, in one transaction."""
-        with self._session("writer", None, snapshot=False) as s:
-            yield s
+        return self._session("writer", None, snapshot=False)
 
     @contextmanager
     def _session(self, mode: Literal["auto", "read_only", "writer"], after: str | None,
@@ -249,7 +246,11 @@ class Database:
         session = self.sessionmaker(mode=mode, after=position, snapshot=snapshot)
         try:
             yield session
-            session.commit()
+            # a session that only read on readers has nothing to commit: skip the commit
+            # machinery (pending ORM changes still flush and commit)
+            if session.new or session.dirty or session.deleted or session.wrote or \
+                    session.holds_writer_transaction():
+                session.commit()
         except BaseException:
             session.rollback()
             raise

@@ -90,6 +90,8 @@ class InstancePools:
         }
         if autocommit:
             options["isolation_level"] = "AUTOCOMMIT"
+            # nothing to roll back on return in autocommit
+            options["pool_reset_on_return"] = None
         engine = create_engine(self._url(host, port), **options)
         if self._on_disconnect is not None:
             notify = self._on_disconnect

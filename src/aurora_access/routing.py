@@ -23,7 +23,7 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.ddl import ExecutableDDLElement
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import TextClause
-from sqlalchemy.sql.selectable import CompoundSelect, Select
+from sqlalchemy.sql.selectable import CompoundSelect, Join, Select
 
 ROUTE_OPTION = "aurora_route"
 
@@ -98,8 +98,21 @@ def statement_reads(statement: Any) -> bool:
 
 
 def _selects_into(statement: Select[Any]) -> bool:
-    # a CTE made of INSERT/UPDATE/DELETE inside a SELECT writes
-    return any(isinstance(getattr(cte, "element", None), UpdateBase)
-               for cte in getattr(statement, "_independent_ctes", ()) or ()) or any(
-        isinstance(getattr(froms, "element", None), UpdateBase)
-        for froms in statement.get_final_froms())
+    """Whether a SELECT reads from a data-modifying CTE (``insert(...).cte()``).
+
+    Looks at what the statement names directly (its columns, FROM list, joins and CTEs), not
+    at compiled SQL: compiling here would cost more than the query.
+    """
+    stack: list[Any] = [*statement._raw_columns, *statement._from_obj,
+                        *(statement._independent_ctes or ()),
+                        *(join[0] for join in statement._setup_joins)]
+    while stack:
+        element = stack.pop()
+        if isinstance(getattr(element, "element", None), UpdateBase):
+            return True
+        table = getattr(element, "table", None)  # a column of the CTE
+        if table is not None and table is not element:
+            stack.append(table)
+        if isinstance(element, Join):
+            stack += [element.left, element.right]
+    return False

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import Engine, event
-from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.orm import Session
 
 from .errors import ReadOnlySessionError
 from .routing import ROUTE_OPTION, Route, statement_route
@@ -40,7 +40,17 @@ class RoutingSession(Session):
         self.wrote = False
         self._snapshot_bind: Engine | None = None
 
+    def holds_writer_transaction(self) -> bool:
+        """Whether this session has a connection to the writer in its transaction (reader
+        connections are autocommit or read-only: ending them has nothing to commit)."""
+        transaction = self.get_transaction()
+        if transaction is None:
+            return False
+        writer = self.router.current_writer_engine()
+        return any(bind is writer for bind in transaction._connections)
+
     def get_bind(self, mapper: Any = None, *, clause: Any = None, **kw: Any) -> Engine:
+        # pinned at the call: session.execute(stmt, bind_arguments={"aurora_route": ...})
         pinned = kw.get(ROUTE_OPTION)
         route = statement_route(clause, flushing=self._flushing, wrote=self.wrote,
                                 pinned=pinned)
@@ -60,14 +70,6 @@ class RoutingSession(Session):
                 self._snapshot_bind = self.router.reader_bind(self, snapshot=True)
             return self._snapshot_bind
         return self.router.reader_bind(self)
-
-
-@event.listens_for(RoutingSession, "do_orm_execute")
-def _route_option_at_call(state: ORMExecuteState) -> None:
-    # execution_options given to session.execute() reach get_bind through bind_arguments
-    option = state.local_execution_options.get(ROUTE_OPTION)
-    if option is not None:
-        state.bind_arguments[ROUTE_OPTION] = option
 
 
 @event.listens_for(RoutingSession, "after_commit")

@@ -1,0 +1,188 @@
+"""Routed sessions against plain SQLAlchemy and the peer wrapper, side by side in one run.
+
+Run: .venv/bin/python benchmarks/routing_overhead.py [--ops 200] [--rounds 15]
+
+Starts its own local cluster (1 writer, 1 reader, so that every routed read lands on the same
+reader as the plain engine). Each case runs ``--ops`` operations per round, in a fresh thread (a
+fresh context: no read-your-writes carry-over between cases); cases are interleaved round by
+round in a shuffled order; the median per-operation time over the rounds is reported, with ratios
+to a raw
+psycopg autocommit read of the same row on the same reader.
+
+Cases:
+- read, raw psycopg: one autocommit connection, ``SELECT ... WHERE id = %s`` (the baseline);
+- read, plain SQLAlchemy: ``Session(reader_engine)`` + ``session.get(Product, id)``;
+- read, routed: ``db.session()`` + ``session.get(Product, id)``;
+- read, peer wrapper: aws-advanced-python-wrapper on psycopg (read_write_splitting,
+  failover_v2), ``read_only = True``, a read transaction (SELECT + COMMIT) per operation;
+- write, plain SQLAlchemy: ``Session(writer_engine)``, get a customer FOR UPDATE, rename, commit;
+- write, routed: the same in ``db.session()``, read-your-writes bookkeeping included;
+- write then read, routed: the write above followed by a read of the same row in a new session
+  of the same context (what read-your-writes costs a read that follows a write).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import threading
+import time
+from collections.abc import Callable
+
+import psycopg
+from aws_advanced_python_wrapper import AwsWrapperConnection
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+
+from aurora_access import Database
+from aurora_access.demo.models import Customer, Product
+from aurora_access.demo.shop import create_schema, seed
+from aurora_access.local import LocalCluster, free_port
+
+Op = Callable[[int], object]
+
+
+def in_fresh_thread(op: Op, ops: int) -> tuple[float, float]:
+    """Wall-clock and client-CPU seconds per operation, in a new thread (a new context)."""
+    result: list[tuple[float, float]] = []
+
+    def run() -> None:
+        began, cpu = time.perf_counter(), time.thread_time()
+        for i in range(ops):
+            op(i)
+        result.append(((time.perf_counter() - began) / ops, (time.thread_time() - cpu) / ops))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return result[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ops", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+
+    with LocalCluster(readers=1, port=free_port(1)) as cluster:
+        env = cluster.env()
+        db = Database.from_env(env)
+        create_schema(db.engine("writer"))
+        with db.writer() as s:
+            seed(s, products=100, customers=100)
+        time.sleep(0.2)
+        reader = cluster.readers[0]
+        reader_engine = create_engine(cluster.app_url(reader.host))
+        writer_engine = create_engine(cluster.app_url(cluster.writer.host))
+        raw = psycopg.connect(host=reader.host, port=cluster.port, user=cluster.user,
+                              password=cluster.password, dbname=cluster.database,
+                              autocommit=True)
+        peer = _peer_wrapper(cluster)
+
+        def raw_read(i: int) -> object:
+            return raw.execute("SELECT id, sku, name, price_cents FROM products WHERE id = %s",
+                               (i % 100 + 1,)).fetchone()
+
+        def plain_read(i: int) -> object:
+            with Session(reader_engine) as s:
+                return s.get(Product, i % 100 + 1)
+
+        def routed_read(i: int) -> object:
+            with db.session() as s:
+                return s.get(Product, i % 100 + 1)
+
+        def peer_read(i: int) -> object:
+            with peer.cursor() as cur:
+                cur.execute("SELECT id, sku, name, price_cents FROM products WHERE id = %s",
+                            (i % 100 + 1,))
+                row = cur.fetchone()
+            peer.commit()
+            return row
+
+        def plain_write(i: int) -> object:
+            with Session(writer_engine) as s:
+                customer = s.get(Customer, i % 100 + 1, with_for_update=True)
+                assert customer is not None
+                customer.name = f"plain {i}"
+                s.commit()
+            return customer
+
+        def routed_write(i: int) -> object:
+            with db.session() as s:
+                customer = s.get(Customer, i % 100 + 1, with_for_update=True)
+                assert customer is not None
+                customer.name = f"routed {i}"
+            return customer
+
+        def routed_write_then_read(i: int) -> object:
+            routed_write(i)
+            with db.session() as s:
+                name = s.scalar(select(Customer.name).where(Customer.id == i % 100 + 1))
+            assert name == f"routed {i}", "stale read"
+            return name
+
+        cases: dict[str, Op] = {
+            "read, raw psycopg autocommit (baseline)": raw_read,
+            "read, plain SQLAlchemy Session.get": plain_read,
+            "read, routed db.session() + get": routed_read,
+            "read, peer wrapper read transaction": peer_read,
+            "write, plain SQLAlchemy get FOR UPDATE + mutate + commit": plain_write,
+            "write, routed db.session(), same": routed_write,
+            "write then read, routed (read-your-writes)": routed_write_then_read,
+        }
+        for op in cases.values():  # warm up: connections, prepared statements, caches
+            in_fresh_thread(op, 50)
+        timings: dict[str, list[float]] = {name: [] for name in cases}
+        cpu: dict[str, list[float]] = {name: [] for name in cases}
+        order = list(cases)
+        for _ in range(args.rounds):
+            random.shuffle(order)  # no case always runs right after another
+            for name in order:
+                wall, used = in_fresh_thread(cases[name], args.ops)
+                timings[name].append(wall)
+                cpu[name].append(used)
+        stats = db.stats()
+        peer.close()
+        db.close()
+
+    median = {name: statistics.median(values) for name, values in timings.items()}
+    median_cpu = {name: statistics.median(values) for name, values in cpu.items()}
+    base = median["read, raw psycopg autocommit (baseline)"]
+    print(f"{args.rounds} rounds x {args.ops} operations, median per operation")
+    print("| case | wall us/op | x raw read | client CPU us/op |")
+    print("|---|---|---|---|")
+    for name, value in median.items():
+        print(f"| {name} | {value * 1e6:.0f} | {value / base:.2f} | "
+              f"{median_cpu[name] * 1e6:.0f} |")
+    names = list(median)
+    print()
+    print(f"routed read / plain read: {median[names[2]] / median[names[1]]:.2f} (target <= 0.6)")
+    print(f"routed read / peer wrapper read: {median[names[2]] / median[names[3]]:.2f} "
+          "(target <= 1)")
+    print(f"routed write / plain write: {median[names[5]] / median[names[4]]:.2f} "
+          "(target <= 1.05)")
+    print(f"stats: {stats}")
+
+
+def _peer_wrapper(cluster: LocalCluster) -> object:
+    conn = AwsWrapperConnection.connect(
+        psycopg.Connection.connect,
+        f"host={cluster.cluster_host} port={cluster.port} dbname={cluster.database} "
+        f"user={cluster.user} password={cluster.password}",
+        plugins="read_write_splitting,failover_v2",
+        wrapper_dialect="aurora-pg",
+        cluster_instance_host_pattern=f"{cluster.instance_host_pattern}:{cluster.port}",
+        enable_connect_failover=True,
+        autocommit=False,
+    )
+    conn.read_only = True  # moves the connection to a reader
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_is_in_recovery()")
+        assert cur.fetchone()[0] is True, "the peer wrapper did not move to the reader"
+    conn.commit()
+    return conn
+
+
+if __name__ == "__main__":
+    main()
