@@ -6,8 +6,7 @@ Starts its own local cluster (1 writer, 1 reader, so that every routed read land
 reader as the plain engine). Each case runs ``--ops`` operations per round, in a fresh thread (a
 fresh context: no read-your-writes carry-over between cases); cases are interleaved round by
 round in a shuffled order; the median per-operation time over the rounds is reported, with ratios
-to a raw
-psycopg autocommit read of the same row on the same reader.
+to a raw psycopg autocommit read of the same row on the same reader.
 
 Cases:
 - read, raw psycopg: one autocommit connection, ``SELECT ... WHERE id = %s`` (the baseline);
