@@ -125,16 +125,23 @@ class CommitTracker:
 TOKEN_PREFIX = "aurora1:"  # noqa: S105 - a format marker, not a secret
 
 
-def encode_token(engine: str, position: int) -> str:
-    return f"{TOKEN_PREFIX}{engine}:{position:x}"
+def encode_token(engine: str, mark: CommitMark) -> str:
+    """``aurora1:<engine>:<position in hex, or empty>:<commit wall-clock ms>``."""
+    age_ns = time.monotonic_ns() - mark.committed_ns
+    wall_ms = (time.time_ns() - age_ns) // 1_000_000
+    position = "" if mark.position is None else f"{mark.position:x}"
+    return f"{TOKEN_PREFIX}{engine}:{position}:{wall_ms}"
 
 
-def decode_token(engine: str, token: str) -> int:
-    """The position in a commit token; ValueError naming the token if it is not one of ours."""
+def decode_token(engine: str, token: str) -> CommitMark:
+    """The commit a token stands for; ValueError naming the token if it is not one of ours."""
     prefix = f"{TOKEN_PREFIX}{engine}:"
     if not isinstance(token, str) or not token.startswith(prefix):
         raise ValueError(f"not an aurora-access commit token for {engine}: {token!r}")
     try:
-        return int(token[len(prefix):], 16)
+        position_text, wall_text = token[len(prefix):].split(":")
+        position = int(position_text, 16) if position_text else None
+        age_ns = time.time_ns() - int(wall_text) * 1_000_000
     except ValueError:
         raise ValueError(f"malformed aurora-access commit token: {token!r}") from None
+    return CommitMark(time.monotonic_ns() - max(0, age_ns), position)

@@ -13,14 +13,16 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Literal
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import sessionmaker
 
 from .consistency import (
+    CommitMark,
     CommitTracker,
     ReplicaPositions,
     WriterPositions,
@@ -70,7 +72,12 @@ class Router:
         self.writer_positions = WriterPositions(self._observe_writer_position)
         self.replica_positions = ReplicaPositions()
         self.topology: Topology | None = None
+        self.topology_at_ns = 0  # when the topology (and its lag figures) was read
         self.unhealthy: set[str] = set()
+        # True where the instances cannot tell log positions (Aurora): read-your-writes
+        # then goes by reported replica lag (see consistency.py)
+        self.lag_mode = False
+        self.request_refresh: Callable[[], None] = lambda: None
         self._next = 0
 
     # -- binds for RoutingSession -------------------------------------------------------
@@ -96,24 +103,34 @@ class Router:
 
     # -- reader choice ------------------------------------------------------------------
 
-    def _choose_reader(self, topology: Topology, after: int | None) -> Instance | None:
+    def _choose_reader(self, topology: Topology, after: CommitMark | None) -> Instance | None:
         max_lag = self.settings.max_replica_lag_ms
         usable = [r for r in topology.readers if r.id not in self.unhealthy
                   and (r.lag_ms is None or r.lag_ms <= max_lag)]
         if not usable:
             self.stats.bump("reads_on_writer")
             return None
-        needed = self.needed_position(after)
-        if needed is None:
+        marks = [m for m in (after, self.commits.current() if self.settings.read_your_writes
+                             else None) if m is not None]
+        if not marks:
             return self._pick(usable)
-        if needed < 0:  # a commit to see whose position could not be learned
+        if self.lag_mode:
+            return self._choose_by_lag(usable, max(m.committed_ns for m in marks))
+        return self._choose_by_position(usable, marks)
+
+    def _choose_by_position(self, usable: list[Instance],
+                            marks: list[CommitMark]) -> Instance | None:
+        """A reader that has replayed every commit of ``marks``: proven by known positions
+        (no round trip), else asked, waiting up to ryw_wait_ms; None: read on the writer."""
+        needed = self.needed_position(marks)
+        if needed is None:  # a commit to see whose position could not be learned
             self.stats.bump("ryw_fallbacks")
             return None
         proven = [r for r in usable if self.replica_positions.reached(r.id, needed)]
         if proven:
             return self._pick(proven)
-        deadline = time.monotonic() + self.settings.ryw_wait_ms / 1000
         self.stats.bump("ryw_waits")
+        deadline = time.monotonic() + self.settings.ryw_wait_ms / 1000
         while True:
             for reader in usable:
                 if self._replica_reached(reader, needed):
@@ -126,21 +143,43 @@ class Router:
                   "the writer", self.dialect.format_position(needed), self.settings.ryw_wait_ms)
         return None
 
-    def needed_position(self, after: int | None) -> int | None:
-        """The position a read must see: the session's ``after`` token and this context's
-        last commit. None: anything goes; -1: unknown, read on the writer."""
-        needed = after
-        if self.settings.read_your_writes:
-            mark = self.commits.current()
-            if mark is not None:
-                position = mark.position
+    def _choose_by_lag(self, usable: list[Instance], committed_ns: int) -> Instance | None:
+        """Aurora's fallback: a reader whose reported lag, at the time it was reported, is
+        shorter than the time from the commit to that report has (by that report) applied it."""
+        deadline = time.monotonic() + self.settings.ryw_wait_ms / 1000
+        waited = False
+        while True:
+            topology = self._topology()
+            since_commit_ms = (self.topology_at_ns - committed_ns) / 1e6
+            fresh = [r for r in topology.readers if r in usable and r.lag_ms is not None
+                     and r.lag_ms < since_commit_ms]
+            if fresh:
+                return self._pick(fresh)
+            if time.monotonic() >= deadline:
+                break
+            if not waited:
+                self.stats.bump("ryw_waits")
+                waited = True
+                self.request_refresh()
+            time.sleep(_RYW_POLL_S)
+        self.stats.bump("ryw_fallbacks")
+        return None
+
+    def needed_position(self, marks: list[CommitMark]) -> int | None:
+        """The newest log position among ``marks``, learning those not yet known (a shared
+        query on the writer at most). None if the writer could not say."""
+        needed = -1
+        current = self.commits.current()
+        for mark in marks:
+            position = mark.position
+            if position is None:
+                position = self.writer_positions.position_after(
+                    mark.committed_ns, self.settings.connect_timeout)
                 if position is None:
-                    position = self.writer_positions.position_after(
-                        mark.committed_ns, self.settings.connect_timeout)
-                    if position is None:
-                        return -1
+                    return None
+                if mark is current:
                     self.commits.learned(mark, position)
-                needed = position if needed is None else max(needed, position)
+            needed = max(needed, position)
         return needed
 
     def _replica_reached(self, reader: Instance, needed: int) -> bool:
@@ -204,9 +243,12 @@ class Database:
         self._pools = InstancePools(settings, self.dialect, on_disconnect=self._host_down)
         self._router = Router(settings, self.dialect, self._pools, self._stats)
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._router.request_refresh = self._wake.set
         self.sessionmaker: sessionmaker[RoutingSession] = sessionmaker(
             class_=RoutingSession, router=self._router)
         self.refresh_topology()
+        self._router.lag_mode = not self._positions_supported()
         self._monitor = threading.Thread(target=self._monitor_loop, daemon=True,
                                          name="aurora-access-topology")
         self._monitor.start()
@@ -260,15 +302,20 @@ class Database:
     def commit_token(self) -> str | None:
         """An opaque token for the newest commit made in this context, or None.
 
-        Costs at most one query on the writer (shared with concurrent callers), none if the
-        position is already known.
+        Pass it to ``session(after=token)`` in another context (a later request, another
+        service) to read only from instances that have applied that commit. Costs at most one
+        query on the writer (shared with concurrent callers), none if the position is known.
+        Raises NoWriterAvailable if the writer cannot tell its position.
         """
-        needed = self._router.needed_position(None)
-        if needed is None:
+        mark = self._router.commits.current()
+        if mark is None:
             return None
-        if needed < 0:
-            raise NoWriterAvailable("the writer did not answer with its position")
-        return encode_token(self.dialect.name, needed)
+        if not self._router.lag_mode and mark.position is None:
+            position = self._router.needed_position([mark])
+            if position is None:
+                raise NoWriterAvailable("the writer did not answer with its log position")
+            mark = CommitMark(mark.committed_ns, position)
+        return encode_token(self.dialect.name, mark)
 
     # -- introspection ------------------------------------------------------------------
 
@@ -295,6 +342,7 @@ class Database:
         s = self.settings
         known = self._router.topology
         hosts = [] if known is None else [known.writer.host, *(r.host for r in known.readers)]
+        began = time.monotonic_ns()
         try:
             topology = discover(self._query, self.dialect, s.cluster_endpoint,
                                 s.reader_endpoint, s.port, s.instance_host_pattern,
@@ -307,6 +355,7 @@ class Database:
             log.warning("topology refresh failed, keeping the last one: %s", exc)
             return known
         self._apply(known, topology)
+        self._router.topology_at_ns = began
         return topology
 
     def _apply(self, old: Topology | None, new: Topology) -> None:
@@ -332,6 +381,7 @@ class Database:
                 log.warning("reader %s lost a connection: no reads until it answers again",
                             reader.id)
                 self._router.unhealthy = self._router.unhealthy | {reader.id}
+                self._wake.set()
 
     def _query(self, host: str, sql: str) -> list[tuple[Any, ...]]:
         with self._pools.probe_engine(host, self.settings.port).connect() as conn:
@@ -361,8 +411,28 @@ class Database:
             log.info("readers answering again: %s", ", ".join(sorted(back)))
         self._router.unhealthy = {r.id for r in topology.readers} - healthy
 
+    def _positions_supported(self) -> bool:
+        """Whether the writer tells its log position and readers their replay position
+        (PostgreSQL does; Aurora PostgreSQL does not)."""
+        topology = self.topology()
+        try:
+            writer = self._query(topology.writer.host, self.dialect.writer_position_sql)
+            readers = [self._query(r.host, self.dialect.replica_position_sql)
+                       for r in topology.readers[:1]]
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                return True  # not an answer; assume positions until shown otherwise
+            log.info("log positions unavailable (%s): read-your-writes goes by replica lag",
+                     type(exc.orig).__name__)
+            return False
+        return writer[0][0] is not None and all(r[0][0] is not None for r in readers)
+
     def _monitor_loop(self) -> None:
-        while not self._stop.wait(self.settings.topology_refresh_s):
+        while True:
+            self._wake.wait(self.settings.topology_refresh_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.refresh_topology()
                 self._refresh_positions()
@@ -372,6 +442,7 @@ class Database:
     def close(self, timeout: float = 5.0) -> None:
         """Stop the monitor thread and close every pool. The process can then exit."""
         self._stop.set()
+        self._wake.set()
         if self._monitor.is_alive() and self._monitor is not threading.current_thread():
             self._monitor.join(timeout)
             if self._monitor.is_alive():

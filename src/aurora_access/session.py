@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session
 
+from .consistency import CommitMark
 from .errors import ReadOnlySessionError
 from .routing import ROUTE_OPTION, Route, statement_route
 
@@ -30,7 +31,7 @@ class RoutingSession(Session):
     transaction on one reader instead of autocommit statements.
     """
 
-    def __init__(self, router: Router, mode: Mode = "auto", after: int | None = None,
+    def __init__(self, router: Router, mode: Mode = "auto", after: CommitMark | None = None,
                  snapshot: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.router = router
