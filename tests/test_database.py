@@ -90,6 +90,16 @@ def test_a_write_in_read_only_is_refused_before_any_sql(db: Database,
         assert s.execute(WHERE).one()[0] is True
 
 
+def test_sessionmaker_serves_existing_code(db: Database) -> None:
+    Session = db.sessionmaker
+    with Session() as s:
+        assert s.execute(WHERE).one()[0] is True
+        s.get(Customer, 7).name = "via sessionmaker"  # type: ignore[union-attr]
+        s.commit()
+    with Session.begin() as s:  # read-your-writes holds for plain sessionmaker use too
+        assert s.scalar(select(Customer.name).where(Customer.id == 7)) == "via sessionmaker"
+
+
 def test_writer_session_keeps_everything_on_the_writer(db: Database) -> None:
     with db.writer() as s:
         assert s.execute(WHERE).one()[0] is False

@@ -72,6 +72,7 @@ class Router:
         self.writer_positions = WriterPositions(self._observe_writer_position)
         self.replica_positions = ReplicaPositions()
         self.topology: Topology | None = None
+        self.writer_engine: Engine | None = None  # the current writer's, kept at hand
         self.topology_at_ns = 0  # when the topology (and its lag figures) was read
         self.unhealthy: set[str] = set()
         # True where the instances cannot tell log positions (Aurora): read-your-writes
@@ -84,7 +85,10 @@ class Router:
 
     def writer_bind(self, session: RoutingSession) -> Engine:
         self.stats.bump("writes" if session.wrote else "reads_on_writer")
-        return self.pools.engine(self._topology().writer)
+        engine = self.writer_engine
+        if engine is None:
+            engine = self.writer_engine = self.pools.engine(self._topology().writer)
+        return engine
 
     def reader_bind(self, session: RoutingSession, snapshot: bool = False) -> Engine:
         topology = self._topology()
@@ -95,7 +99,7 @@ class Router:
         return self.pools.snapshot_engine(reader) if snapshot else self.pools.engine(reader)
 
     def current_writer_engine(self) -> Engine:
-        return self.pools.engine(self._topology().writer)
+        return self.writer_engine or self.pools.engine(self._topology().writer)
 
     def committed(self) -> None:
         if self.settings.read_your_writes:
@@ -284,13 +288,13 @@ class Database:
     @contextmanager
     def _session(self, mode: Literal["auto", "read_only", "writer"], after: str | None,
                  snapshot: bool) -> Iterator[RoutingSession]:
-        position = decode_token(self.dialect.name, after) if after else None
-        session = self.sessionmaker(mode=mode, after=position, snapshot=snapshot)
+        mark = decode_token(self.dialect.name, after) if after else None
+        session = self.sessionmaker(mode=mode, after=mark, snapshot=snapshot)
         try:
             yield session
             # a session that only read on readers has nothing to commit: skip the commit
             # machinery (pending ORM changes still flush and commit)
-            if session.new or session.dirty or session.deleted or session.wrote or \
+            if session.wrote or session.new or session.dirty or session.deleted or \
                     session.holds_writer_transaction():
                 session.commit()
         except BaseException:
@@ -367,6 +371,9 @@ class Database:
             log.info("topology: writer %s, readers %s", new.writer.id,
                      ", ".join(r.id for r in new.readers) or "none")
         self._router.topology = new
+        if old is None or (old.writer.host, old.writer.port) != (new.writer.host,
+                                                                  new.writer.port):
+            self._router.writer_engine = None
         s = self.settings
         self._pools.retain({new.writer.host, *(r.host for r in new.readers),
                             s.cluster_endpoint, s.reader_endpoint})

@@ -53,6 +53,8 @@ class RoutingSession(Session):
     def get_bind(self, mapper: Any = None, *, clause: Any = None, **kw: Any) -> Engine:
         # pinned at the call: session.execute(stmt, bind_arguments={"aurora_route": ...})
         pinned = kw.get(ROUTE_OPTION)
+        if self.wrote:  # the transaction stays on the writer, whatever comes next
+            return self.router.writer_bind(self)
         route = statement_route(clause, flushing=self._flushing, wrote=self.wrote,
                                 pinned=pinned)
         if self.mode == "writer" and route is Route.READER:
