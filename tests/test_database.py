@@ -293,3 +293,21 @@ def test_without_log_positions_read_your_writes_goes_by_lag(
 def _on_reader(db: Database) -> bool:
     with db.session() as s:
         return bool(s.execute(WHERE).one()[0])
+
+
+def test_without_a_host_pattern_topology_comes_from_the_endpoints(
+        db: Database, aurora_cluster: LocalCluster) -> None:
+    env = {k: v for k, v in aurora_cluster.env().items()
+           if k != "AURORA_INSTANCE_HOST_PATTERN"}
+    plain = Database.from_env(env)  # endpoints are IPs: no pattern can be derived
+    try:
+        topology = plain.topology()
+        assert topology.writer.host == aurora_cluster.cluster_host
+        assert [r.host for r in topology.readers] == [aurora_cluster.reader_host]
+        with plain.session() as s:
+            assert s.execute(WHERE).one()[0] is True
+            s.get(Customer, 8).name = "through endpoints"  # type: ignore[union-attr]
+        with plain.session() as s:
+            assert s.scalar(select(Customer.name).where(Customer.id == 8)) == "through endpoints"
+    finally:
+        plain.close()

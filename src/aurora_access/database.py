@@ -294,7 +294,7 @@ class Database:
             yield session
             # a session that only read on readers has nothing to commit: skip the commit
             # machinery (pending ORM changes still flush and commit)
-            if session.wrote or session.new or session.dirty or session.deleted or \
+            if session.wrote or session.has_pending_changes() or \
                     session.holds_writer_transaction():
                 session.commit()
         except BaseException:

@@ -41,6 +41,10 @@ class RoutingSession(Session):
         self.wrote = False
         self._snapshot_bind: Engine | None = None
 
+    def has_pending_changes(self) -> bool:
+        """``new or dirty or deleted``, without building those sets (a hot path)."""
+        return bool(self._new or self._deleted or self.identity_map._modified)
+
     def holds_writer_transaction(self) -> bool:
         """Whether this session has a connection to the writer in its transaction (reader
         connections are autocommit or read-only: ending them has nothing to commit)."""
