@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ..errors import ConfigError
+from ..failover import ErrorKind
 from .postgresql import PostgresDialect
 
 
@@ -22,6 +23,11 @@ class EngineDialect(Protocol):
     instance_id_sql: str
     writer_position_sql: str
     replica_position_sql: str
+    is_writer_sql: str
+    transaction_id_sql: str
+    transaction_status_sql: str
+
+    def classify(self, error: BaseException) -> ErrorKind: ...
 
     def parse_position(self, value: Any) -> int | None: ...
 

@@ -4,6 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
+
+from ..failover import ErrorKind
+
+_BY_SQLSTATE = {
+    "57P01": ErrorKind.ADMIN_SHUTDOWN,  # admin_shutdown
+    "57P02": ErrorKind.ADMIN_SHUTDOWN,  # crash_shutdown
+    "57P03": ErrorKind.ADMIN_SHUTDOWN,  # cannot_connect_now (starting up, shutting down)
+    "25006": ErrorKind.READ_ONLY,  # read_only_sql_transaction
+    "40001": ErrorKind.SERIALIZATION,  # serialization_failure
+    "40P01": ErrorKind.DEADLOCK,  # deadlock_detected
+}
+
 
 class PostgresDialect:
     name = "postgresql"
@@ -25,6 +38,28 @@ class PostgresDialect:
     writer_position_sql = "SELECT pg_current_wal_lsn()"
     # NULL on a writer; on a reader, what it has replayed and so what a new snapshot sees.
     replica_position_sql = "SELECT pg_last_wal_replay_lsn()"
+
+    # Whether an instance takes writes: asked of every instance after a writer failure.
+    is_writer_sql = "SELECT NOT pg_is_in_recovery()"
+    # The transaction id, taken just before COMMIT, to learn a commit's fate after a crash.
+    transaction_id_sql = "SELECT pg_current_xact_id_if_assigned()::text"
+    # 'committed', 'aborted', 'in progress' or NULL (too old / unknown), on the new writer.
+    transaction_status_sql = "SELECT pg_xact_status(%(xid)s::xid8)"
+
+    def classify(self, error: BaseException) -> ErrorKind:
+        """What a psycopg error (or SQLAlchemy's wrapper of one) says about the instance."""
+        orig = getattr(error, "orig", None) or error
+        sqlstate = getattr(orig, "sqlstate", None)
+        if sqlstate in _BY_SQLSTATE:
+            return _BY_SQLSTATE[sqlstate]
+        if sqlstate is not None and sqlstate.startswith("08"):  # connection_exception class
+            return ErrorKind.CONNECTION_LOST
+        if isinstance(orig, psycopg.OperationalError) and sqlstate is None:
+            # refused, reset, "server closed the connection unexpectedly", timeouts
+            return ErrorKind.CONNECTION_LOST
+        if getattr(error, "connection_invalidated", False):
+            return ErrorKind.CONNECTION_LOST
+        return ErrorKind.OTHER
 
     def parse_position(self, value: Any) -> int | None:
         """An LSN (``'16/B374D848'``) as an integer; None stays None."""
