@@ -7,18 +7,20 @@ context's last commit; else the writer, counted in ``ryw_fallbacks``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
 import time
+import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import sessionmaker
 
 from .consistency import (
@@ -30,17 +32,25 @@ from .consistency import (
     encode_token,
 )
 from .dialects import EngineDialect, for_engine
-from .errors import NoWriterAvailable
+from .errors import CommitOutcomeUnknown, NoWriterAvailable, TransactionReplayRequired
+from .failover import ErrorKind, WriterDiscovery
 from .pools import InstancePools
 from .session import RoutingSession
 from .settings import Settings
 from .topology import Instance, Topology, discover
 
 log = logging.getLogger("aurora_access")
+T = TypeVar("T")
 
 STAT_NAMES = ("reads_on_readers", "reads_on_writer", "writes", "failovers", "retries",
               "ryw_fallbacks", "ryw_waits", "iam_tokens_generated", "topology_refreshes")
 _RYW_POLL_S = 0.002
+_MARKER_CLEANUP_INTERVAL_S = 3600.0
+
+
+class _RetryableError(Exception):
+    """A serialization failure or deadlock inside run_transaction (its cause is the driver's
+    error, raised as is once the attempts are spent)."""
 
 
 class Stats:
@@ -79,27 +89,30 @@ class Router:
         # then goes by reported replica lag (see consistency.py)
         self.lag_mode = False
         self.request_refresh: Callable[[], None] = lambda: None
+        # set by Database: what to do when an instance fails under a session
+        self.instance_failed: Callable[[Instance, ErrorKind], None] = lambda i, k: None
         self._next = 0
 
     # -- binds for RoutingSession -------------------------------------------------------
 
     def writer_bind(self, session: RoutingSession) -> Engine:
         self.stats.bump("writes" if session.wrote else "reads_on_writer")
+        topology = self._topology()
+        session.last_instance = topology.writer
         engine = self.writer_engine
         if engine is None:
-            engine = self.writer_engine = self.pools.engine(self._topology().writer)
+            engine = self.writer_engine = self.pools.engine(topology.writer)
         return engine
 
     def reader_bind(self, session: RoutingSession, snapshot: bool = False) -> Engine:
         topology = self._topology()
         reader = self._choose_reader(topology, session.after)
         if reader is None:
+            session.last_instance = topology.writer
             return self.pools.engine(topology.writer)
+        session.last_instance = reader
         self.stats.bump("reads_on_readers")
         return self.pools.snapshot_engine(reader) if snapshot else self.pools.engine(reader)
-
-    def current_writer_engine(self) -> Engine:
-        return self.writer_engine or self.pools.engine(self._topology().writer)
 
     def committed(self) -> None:
         if self.settings.read_your_writes:
@@ -249,6 +262,10 @@ class Database:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._router.request_refresh = self._wake.set
+        self._router.instance_failed = self._instance_failed
+        self._discovery = WriterDiscovery(self._is_writer, settings.failover_timeout)
+        self._topology_lock = threading.Lock()
+        self._markers_ready = False
         self.sessionmaker: sessionmaker[RoutingSession] = sessionmaker(
             class_=RoutingSession, router=self._router)
         self.refresh_topology()
@@ -302,6 +319,104 @@ class Database:
             raise
         finally:
             session.close()
+
+    def run_transaction(self, fn: Callable[[RoutingSession], T], max_attempts: int = 3) -> T:
+        """Run ``fn(session)`` in a writer transaction and commit it; return what fn returned.
+
+        Re-runs fn (with jittered backoff, up to ``max_attempts`` runs in all) after
+        TransactionReplayRequired (a failover rolled it back), a serialization failure or a
+        deadlock. A COMMIT cut off by a failover is resolved on the new writer: committed ->
+        fn's result is returned and fn is never run again; aborted -> fn runs again;
+        undeterminable -> CommitOutcomeUnknown. Other errors (the application's own) propagate
+        at once, after a rollback.
+
+        To resolve a commit, a transaction that wrote also inserts a row into
+        ``aurora_access_commit_markers`` (made on first use; rows older than a day are deleted
+        by the monitor): one more statement in the transaction.
+        """
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
+        for attempt in range(1, max_attempts + 1):
+            try:
+                return self._run_once(fn)
+            except (TransactionReplayRequired, _RetryableError) as error:
+                if attempt == max_attempts:
+                    if isinstance(error, _RetryableError) and error.__cause__ is not None:
+                        raise error.__cause__ from None
+                    raise
+                self._stats.bump("retries")
+                delay = min(0.02 * 2 ** attempt, 1.0) * random.uniform(0.5, 1.5)  # noqa: S311
+                log.info("transaction attempt %d failed (%s); running it again in %.0f ms",
+                         attempt, error, delay * 1000)
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _run_once(self, fn: Callable[[RoutingSession], T]) -> T:
+        self._ensure_commit_markers()
+        session = self.sessionmaker(mode="writer")
+        marker = None
+        try:
+            try:
+                result = fn(session)
+                session.flush()
+                if session.wrote:
+                    marker = uuid.uuid4().hex
+                    session.connection().exec_driver_sql(self.dialect.commit_marker_insert_sql,
+                                                         {"id": marker})
+            except DBAPIError as error:
+                if self.dialect.classify(error).retryable_transaction:
+                    raise _RetryableError(str(error)) from error
+                raise
+            try:
+                session.commit()
+            except CommitOutcomeUnknown:
+                if marker is None:  # nothing was written: nothing to lose
+                    return result
+                outcome = self.resolve_commit_outcome(marker)
+                log.warning("a COMMIT cut off by a failover was %s", outcome)
+                if outcome == "committed":
+                    return result
+                if outcome == "aborted":
+                    raise TransactionReplayRequired(
+                        "the commit did not survive the failover: run it again") from None
+                raise
+            return result
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def _ensure_commit_markers(self) -> None:
+        if self._markers_ready:
+            return
+        writer = self.topology().writer
+        try:
+            with self._pools.probe_engine(writer.host, writer.port).connect() as conn:
+                conn.exec_driver_sql(self.dialect.commit_marker_ddl)
+        except IntegrityError:
+            pass  # another process made it at the same moment
+        self._markers_ready = True
+
+    def resolve_commit_outcome(self, marker: str, timeout: float | None = None) -> str:
+        """'committed', 'aborted' or 'unknown': whether the transaction that wrote ``marker``
+        committed, as the current writer (which has every acknowledged commit) sees it."""
+        deadline = time.monotonic() + (self.settings.failover_timeout if timeout is None
+                                       else timeout)
+        while True:
+            writer = self.topology().writer
+            try:
+                with self._pools.probe_engine(writer.host, writer.port).connect() as conn:
+                    found = conn.exec_driver_sql(self.dialect.commit_marker_check_sql,
+                                                 {"id": marker}).scalar()
+                return "committed" if found else "aborted"
+            except DBAPIError as error:
+                kind = self.dialect.classify(error)
+                if not kind.instance_failed or time.monotonic() >= deadline:
+                    return "unknown"
+                with contextlib.suppress(Exception):
+                    self.recover_writer(writer, kind)
+                time.sleep(0.05)
 
     def commit_token(self) -> str | None:
         """An opaque token for the newest commit made in this context, or None.
@@ -365,6 +480,7 @@ class Database:
     def _apply(self, old: Topology | None, new: Topology) -> None:
         if old is not None and old.writer.id != new.writer.id:
             log.warning("writer changed: %s -> %s", old.writer.id, new.writer.id)
+            self._stats.bump("failovers")
             self._router.writer_positions.reset()
             self._router.replica_positions.reset()
         if old is None or {r.id for r in old.readers} != {r.id for r in new.readers}:
@@ -378,6 +494,46 @@ class Database:
         self._pools.retain({new.writer.host, *(r.host for r in new.readers),
                             s.cluster_endpoint, s.reader_endpoint})
         self._stats.bump("topology_refreshes")
+
+    # -- failures -----------------------------------------------------------------------
+
+    def _instance_failed(self, instance: Instance, kind: ErrorKind) -> None:
+        topology = self.topology()
+        if instance.host != topology.writer.host:
+            self._host_down(instance.host)
+            return
+        self.recover_writer(instance, kind)
+
+    def recover_writer(self, failed: Instance, kind: ErrorKind) -> Instance:
+        """Find the writer after ``failed`` failed: drop its whole pool, probe every known
+        instance directly and in parallel (never the cluster endpoint, whose DNS lags), adopt
+        the one that takes writes. Threads that fail at the same time share one search.
+        Raises NoWriterAvailable after AURORA_FAILOVER_TIMEOUT."""
+        current = self.topology()
+        if current.writer.host != failed.host:
+            return current.writer  # another thread already moved on
+        log.warning("writer %s failed (%s): looking for the writer", failed.id, kind.value)
+        self._pools.discard(failed.host)
+        self._router.writer_engine = None
+        host = self._discovery.find(self._instance_hosts)
+        with self._topology_lock:
+            old = self.topology()
+            if old.writer.host == host:
+                return old.writer
+            known = {i.host: i for i in [old.writer, *old.readers]}
+            writer = Instance(id=known[host].id if host in known else host, host=host,
+                              port=self.settings.port, role="writer")
+            self._apply(old, Topology(writer, [r for r in old.readers if r.host != host]))
+        self._wake.set()  # the monitor fills in the rest (the old writer back as a reader)
+        return writer
+
+    def _instance_hosts(self) -> list[str]:
+        topology = self.topology()
+        return [topology.writer.host, *(r.host for r in topology.readers)]
+
+    def _is_writer(self, host: str) -> bool:
+        with self._pools.probe_engine(host, self.settings.port).connect() as conn:
+            return bool(conn.exec_driver_sql(self.dialect.is_writer_sql).scalar())
 
     def _host_down(self, host: str) -> None:
         topology = self._router.topology
@@ -435,6 +591,7 @@ class Database:
         return writer[0][0] is not None and all(r[0][0] is not None for r in readers)
 
     def _monitor_loop(self) -> None:
+        next_cleanup = time.monotonic()
         while True:
             self._wake.wait(self.settings.topology_refresh_s)
             self._wake.clear()
@@ -443,6 +600,10 @@ class Database:
             try:
                 self.refresh_topology()
                 self._refresh_positions()
+                if self._markers_ready and time.monotonic() >= next_cleanup:
+                    next_cleanup = time.monotonic() + _MARKER_CLEANUP_INTERVAL_S
+                    self._query(self.topology().writer.host,
+                                self.dialect.commit_marker_cleanup_sql + " RETURNING 1")
             except Exception:  # the monitor must outlive any one failure
                 log.exception("topology monitor iteration failed")
 

@@ -112,6 +112,16 @@ class InstancePools:
         checkedout = getattr(engine.pool, "checkedout", None)
         return int(checkedout()) if callable(checkedout) else 0
 
+    def discard(self, host: str) -> None:
+        """Drop every pool of ``host`` (a failed writer: its connections are all suspect)."""
+        with self._lock:
+            gone = [k for k in self._engines if k[0] == host]
+            engines = [self._engines.pop(k) for k in gone]
+            for key in [k for k in self._snapshot if k[0] == host]:
+                del self._snapshot[key]
+        for engine in engines:
+            engine.dispose()
+
     def retain(self, hosts: set[str]) -> None:
         """Dispose the engines of hosts no longer in the topology (nor endpoints)."""
         with self._lock:

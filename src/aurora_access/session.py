@@ -7,17 +7,23 @@ it must see); the decision is ``routing.statement_route`` and the choice of inst
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import Engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from .consistency import CommitMark
-from .errors import ReadOnlySessionError
+from .errors import CommitOutcomeUnknown, ReadOnlySessionError, TransactionReplayRequired
 from .routing import ROUTE_OPTION, Route, statement_route
 
 if TYPE_CHECKING:
     from .database import Router
+    from .topology import Instance
+
+#: a read that failed with its instance is retried this many times on another instance
+READ_RETRIES = 2
 
 Mode = Literal["auto", "read_only", "writer"]
 
@@ -29,6 +35,13 @@ class RoutingSession(Session):
     before any SQL is sent; "writer" sends everything to the writer. ``after``: a commit token
     whose commit every read must see. ``snapshot``: reads share one REPEATABLE READ, read-only
     transaction on one reader instead of autocommit statements.
+
+    When an instance fails under it (connection lost, server shutting down, a writer that
+    turned read-only): a read outside a write transaction is retried on another instance
+    without the caller seeing it; inside a write transaction the session is rolled back and
+    TransactionReplayRequired raised (nothing of it was committed); a COMMIT cut off raises
+    CommitOutcomeUnknown (``db.run_transaction`` resolves that case itself). A writer failure
+    also makes the Database find the new writer before the error reaches the caller.
     """
 
     def __init__(self, router: Router, mode: Mode = "auto", after: CommitMark | None = None,
@@ -39,7 +52,87 @@ class RoutingSession(Session):
         self.after = after
         self.snapshot = snapshot
         self.wrote = False
+        self.last_instance: Instance | None = None  # where the latest statement was sent
+        # the writer this transaction uses: it stays there even if the Database learns of a
+        # new writer meanwhile (a transaction cannot move; it fails and is replayed instead)
+        self.transaction_writer: tuple[Engine, Instance] | None = None
         self._snapshot_bind: Engine | None = None
+
+    # -- failures -------------------------------------------------------------------------
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(READ_RETRIES + 1):
+            try:
+                return super().execute(*args, **kwargs)
+            except DBAPIError as error:
+                self._after_failure(error, retry=attempt < READ_RETRIES)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def scalar(self, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(READ_RETRIES + 1):
+            try:
+                return super().scalar(*args, **kwargs)
+            except DBAPIError as error:
+                self._after_failure(error, retry=attempt < READ_RETRIES)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def scalars(self, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(READ_RETRIES + 1):
+            try:
+                return super().scalars(*args, **kwargs)
+            except DBAPIError as error:
+                self._after_failure(error, retry=attempt < READ_RETRIES)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def flush(self, objects: Any = None) -> None:
+        try:
+            super().flush(objects)
+        except DBAPIError as error:
+            self._after_failure(error, retry=False)
+
+    def commit(self) -> None:
+        if self.wrote or self.has_pending_changes():
+            self.flush()  # a failure here is before COMMIT: the outcome is known
+        try:
+            super().commit()
+        except DBAPIError as error:
+            kind = self.router.dialect.classify(error)
+            instance = self.transaction_writer[1] if self.transaction_writer else \
+                self.last_instance
+            if not kind.instance_failed or instance is None:
+                raise
+            self._clean()
+            self.router.instance_failed(instance, kind)
+            raise CommitOutcomeUnknown(
+                f"the connection to the writer {instance.id} ({instance.host}) failed during "
+                f"COMMIT ({kind.value}): the transaction may or may not have committed. Use "
+                "db.run_transaction() to have such outcomes resolved", instance.id) from error
+
+    def _after_failure(self, error: DBAPIError, retry: bool) -> None:
+        """Return to retry the statement; otherwise raise what the caller should see."""
+        kind = self.router.dialect.classify(error)
+        instance = self.last_instance
+        if not kind.instance_failed or instance is None:
+            raise error
+        wrote = self.wrote
+        self._clean()
+        self.router.instance_failed(instance, kind)  # may raise NoWriterAvailable
+        if wrote:
+            raise TransactionReplayRequired(
+                f"instance {instance.id} ({instance.host}) failed during a write transaction "
+                f"({kind.value}); it was rolled back, nothing of it was committed: run it "
+                "again", instance.id) from error
+        if not retry:
+            raise error
+        self.router.stats.bump("retries")
+
+    def _clean(self) -> None:
+        # the failed connection is invalidated; rolling back returns the session to a state
+        # where it can run again (reader connections are autocommit: nothing is lost)
+        with contextlib.suppress(Exception):
+            self.rollback()
+
+    # -- state ---------------------------------------------------------------------------
 
     def has_pending_changes(self) -> bool:
         """``new or dirty or deleted``, without building those sets (a hot path)."""
@@ -48,21 +141,27 @@ class RoutingSession(Session):
     def holds_writer_transaction(self) -> bool:
         """Whether this session has a connection to the writer in its transaction (reader
         connections are autocommit or read-only: ending them has nothing to commit)."""
-        transaction = self.get_transaction()
-        if transaction is None:
-            return False
-        writer = self.router.current_writer_engine()
-        return any(bind is writer for bind in transaction._connections)
+        return self.transaction_writer is not None
+
+    def _writer(self) -> Engine:
+        if self.transaction_writer is None:
+            engine = self.router.writer_bind(self)
+            assert self.last_instance is not None
+            self.transaction_writer = (engine, self.last_instance)
+            return engine
+        engine, self.last_instance = self.transaction_writer
+        self.router.stats.bump("writes" if self.wrote else "reads_on_writer")
+        return engine
 
     def get_bind(self, mapper: Any = None, *, clause: Any = None, **kw: Any) -> Engine:
         # pinned at the call: session.execute(stmt, bind_arguments={"aurora_route": ...})
         pinned = kw.get(ROUTE_OPTION)
-        if self.wrote:  # the transaction stays on the writer, whatever comes next
-            return self.router.writer_bind(self)
+        if self.wrote:  # the transaction stays on its writer, whatever comes next
+            return self._writer()
         route = statement_route(clause, flushing=self._flushing, wrote=self.wrote,
                                 pinned=pinned)
         if self.mode == "writer" and route is Route.READER:
-            return self.router.writer_bind(self)
+            return self._writer()
         if route is Route.WRITER:
             if self.mode == "read_only":
                 raise ReadOnlySessionError(
@@ -71,7 +170,7 @@ class RoutingSession(Session):
             if pinned is None and (clause is None or
                                    clause.get_execution_options().get(ROUTE_OPTION) is None):
                 self.wrote = True
-            return self.router.writer_bind(self)
+            return self._writer()
         if self.snapshot:
             if self._snapshot_bind is None:
                 self._snapshot_bind = self.router.reader_bind(self, snapshot=True)
@@ -85,6 +184,7 @@ def _after_commit(session: Session) -> None:
         if session.wrote:
             session.router.committed()
         session.wrote = False
+        session.transaction_writer = None
         session._snapshot_bind = None
 
 
@@ -92,4 +192,5 @@ def _after_commit(session: Session) -> None:
 def _after_rollback(session: Session) -> None:
     if isinstance(session, RoutingSession):
         session.wrote = False
+        session.transaction_writer = None
         session._snapshot_bind = None

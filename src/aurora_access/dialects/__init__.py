@@ -24,8 +24,10 @@ class EngineDialect(Protocol):
     writer_position_sql: str
     replica_position_sql: str
     is_writer_sql: str
-    transaction_id_sql: str
-    transaction_status_sql: str
+    commit_marker_ddl: str
+    commit_marker_insert_sql: str
+    commit_marker_check_sql: str
+    commit_marker_cleanup_sql: str
 
     def classify(self, error: BaseException) -> ErrorKind: ...
 

@@ -41,10 +41,20 @@ class PostgresDialect:
 
     # Whether an instance takes writes: asked of every instance after a writer failure.
     is_writer_sql = "SELECT NOT pg_is_in_recovery()"
-    # The transaction id, taken just before COMMIT, to learn a commit's fate after a crash.
-    transaction_id_sql = "SELECT pg_current_xact_id_if_assigned()::text"
-    # 'committed', 'aborted', 'in progress' or NULL (too old / unknown), on the new writer.
-    transaction_status_sql = "SELECT pg_xact_status(%(xid)s::xid8)"
+    # A commit's fate after a crash is read from a marker row written in the transaction
+    # (not from pg_xact_status: a transaction id whose WAL never reached the new writer is
+    # handed out again there, and its status then describes another transaction).
+    commit_marker_ddl = (
+        "CREATE TABLE IF NOT EXISTS aurora_access_commit_markers "
+        "(id text PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now())"
+    )
+    commit_marker_insert_sql = "INSERT INTO aurora_access_commit_markers (id) VALUES (%(id)s)"
+    commit_marker_check_sql = (
+        "SELECT EXISTS (SELECT 1 FROM aurora_access_commit_markers WHERE id = %(id)s)"
+    )
+    commit_marker_cleanup_sql = (
+        "DELETE FROM aurora_access_commit_markers WHERE created_at < now() - interval '1 day'"
+    )
 
     def classify(self, error: BaseException) -> ErrorKind:
         """What a psycopg error (or SQLAlchemy's wrapper of one) says about the instance."""

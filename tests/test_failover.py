@@ -1,0 +1,148 @@
+"""Failover handling on a real cluster: retries, replays, commit outcomes (issue 4)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import event, func, select, text
+
+from aurora_access import Database, RoutingSession, TransactionReplayRequired
+from aurora_access.demo.models import Customer, Order, Stock
+from aurora_access.demo.shop import create_schema, place_order, seed
+from aurora_access.local import LocalCluster, free_port
+
+WHO = text("SELECT aurora_db_instance_identifier(), pg_is_in_recovery()")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    with LocalCluster(readers=2, endpoint_delay_s=5.0, port=free_port()) as c:
+        yield c
+
+
+@pytest.fixture
+def db(cluster: LocalCluster) -> Iterator[Database]:
+    database = Database.from_env({**cluster.env(), "AURORA_TOPOLOGY_REFRESH_S": "0.5"})
+    create_schema(database.engine("writer"))
+    with database.writer() as s:
+        seed(s)
+    yield database
+    database.close()
+
+
+def test_a_read_on_a_crashed_reader_is_retried_elsewhere(
+        db: Database, cluster: LocalCluster) -> None:
+    with db.session() as s:  # warm both readers' pools
+        for _ in range(4):
+            s.execute(WHO).one()
+    victim = cluster.readers[0]
+    cluster.crash(victim.id)
+    try:
+        for _ in range(10):
+            with db.session() as s:
+                instance, in_recovery = s.execute(WHO).one()
+                assert in_recovery is True and instance != victim.id
+        assert db.stats()["retries"] >= 1
+    finally:
+        cluster.restart(victim.id)
+
+
+def test_a_write_transaction_cut_by_a_failover_must_be_replayed(
+        db: Database, cluster: LocalCluster) -> None:
+    old = cluster.writer
+    with pytest.raises(TransactionReplayRequired) as caught, db.session() as s:
+        customer = s.get(Customer, 1, with_for_update=True)
+        assert customer is not None
+        customer.name = "lost in failover"
+        s.flush()
+        cluster.failover()
+        s.execute(text("SELECT 1"))
+    assert caught.value.instance == old.id
+    new = db.topology().writer
+    assert new.id == cluster.writer.id != old.id
+    assert db.stats()["failovers"] == 1
+    with db.session() as s:
+        assert s.get(Customer, 1).name != "lost in failover"  # type: ignore[union-attr]
+        s.get(Customer, 1).name = "after failover"  # type: ignore[union-attr]
+    with db.writer() as s:  # written through the new writer, not the stale endpoint
+        assert s.execute(WHO).one() == (new.id, False)
+        assert s.get(Customer, 1).name == "after failover"  # type: ignore[union-attr]
+
+
+def test_commit_outcomes_are_read_on_the_new_writer(db: Database, cluster: LocalCluster) -> None:
+    db.run_transaction(lambda s: s.get(Customer, 2))  # makes the marker table
+    insert = db.dialect.commit_marker_insert_sql
+    with db.writer() as s:
+        s.get(Customer, 2).name = "committed before failover"  # type: ignore[union-attr]
+        s.connection().exec_driver_sql(insert, {"id": "committed-marker"})
+    s2 = db.sessionmaker(mode="writer")
+    s2.get(Customer, 3).name = "rolled back"  # type: ignore[union-attr]
+    s2.connection().exec_driver_sql(insert, {"id": "aborted-marker"})
+    s2.rollback()
+    s2.close()
+    cluster.failover()
+    assert db.resolve_commit_outcome("committed-marker") == "committed"
+    assert db.resolve_commit_outcome("aborted-marker") == "aborted"
+    assert db.topology().writer.id == cluster.writer.id
+
+
+def test_a_commit_cut_off_is_resolved_and_replayed(db: Database, cluster: LocalCluster) -> None:
+    runs: list[str] = []
+
+    def order(s: RoutingSession) -> str:
+        runs.append(s.execute(WHO).one()[0])
+        order_id = place_order(s, customer_id=5, items={5: 1}, order_id=f"cut-{len(runs)}")
+        if len(runs) == 1:  # the writer fails over right before COMMIT reaches it
+            event.listen(s, "before_commit",
+                         lambda _: cluster.failover(wait_for_old_writer=False), once=True)
+        return order_id
+
+    crashed_writer = cluster.writer.id
+    order_id = db.run_transaction(order)
+    assert order_id == "cut-2" and runs[0] == crashed_writer != runs[1]
+    with db.writer() as s:
+        assert s.scalars(select(Order.id).where(Order.id.like("cut-%"))).all() == ["cut-2"]
+    cluster.rejoin(crashed_writer)
+
+
+def test_run_transaction_places_every_order_exactly_once_across_a_failover(
+        db: Database, cluster: LocalCluster) -> None:
+    with db.session() as s:
+        stock_before = s.scalar(select(func.sum(Stock.quantity)))
+        orders_before = s.scalar(select(func.count()).select_from(Order))
+    placed: list[str] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def shopper(n: int) -> None:
+        while not stop.is_set():
+            order_id = str(uuid.uuid4())
+            try:
+                placed.append(db.run_transaction(
+                    lambda s, oid=order_id: place_order(s, customer_id=n + 1,
+                                                        items={n + 1: 1}, order_id=oid),
+                    max_attempts=5))
+            except Exception as exc:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=shopper, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    report = cluster.failover()
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert not failures, failures[:3]
+    with db.writer() as s:
+        ids = s.scalars(select(Order.id)).all()
+        assert len(ids) == len(set(ids))
+        assert set(placed) <= set(ids)
+        assert len(ids) - (orders_before or 0) == len(placed)
+        assert s.scalar(select(func.sum(Stock.quantity))) == (stock_before or 0) - len(placed)
+    print(f"\n{len(placed)} orders placed across {report}; stats {db.stats()}")
