@@ -146,3 +146,51 @@ def test_run_transaction_places_every_order_exactly_once_across_a_failover(
         assert len(ids) - (orders_before or 0) == len(placed)
         assert s.scalar(select(func.sum(Stock.quantity))) == (stock_before or 0) - len(placed)
     print(f"\n{len(placed)} orders placed across {report}; stats {db.stats()}")
+
+
+def test_a_paused_writer_is_noticed_within_the_bound(cluster: LocalCluster) -> None:
+    """A hung host (SIGSTOP) acknowledges TCP but never answers: without a heartbeat a query
+    on it would wait for the OS's minutes."""
+    env = {**cluster.env(), "AURORA_HUNG_TIMEOUT_S": "1.5", "AURORA_TOPOLOGY_REFRESH_S": "0.5",
+           "AURORA_FAILOVER_TIMEOUT": "2"}
+    db = Database.from_env(env)
+    outcome: list[tuple[float, BaseException]] = []
+    paused = threading.Event()
+    paused_at = 0.0
+
+    def busy_writer() -> None:
+        while True:
+            try:
+                with db.writer() as s:
+                    s.execute(text("SELECT 1")).one()
+            except Exception as exc:  # noqa: BLE001 - what the application sees is the point
+                outcome.append((time.monotonic() - paused_at, exc))
+                return
+            if paused.is_set():
+                time.sleep(0.01)
+
+    try:
+        thread = threading.Thread(target=busy_writer)
+        thread.start()
+        time.sleep(0.3)
+        writer = cluster.writer
+        cluster.pause(writer.id)
+        paused_at = time.monotonic()
+        paused.set()
+        deadline = paused_at + 10
+        while db.stats()["writer_hangs"] == 0:
+            assert time.monotonic() < deadline, "the hung writer was never noticed"
+            time.sleep(0.05)
+        noticed_after = time.monotonic() - paused_at
+        assert noticed_after <= 1.5 + 0.5 + 0.5  # hung timeout + one refresh + slack
+        thread.join(15)
+        assert outcome, "the blocked caller never got an answer"
+        failed_after, error = outcome[0]
+        assert failed_after <= noticed_after + 2 + 2.5  # + failover timeout + probe slack
+        print(f"\npaused writer noticed after {noticed_after:.2f} s; the blocked caller got "
+              f"{type(error).__name__} after {failed_after:.2f} s")
+    finally:
+        cluster.resume(writer.id)
+    with db.writer() as s:  # the same writer, found again once it answers
+        assert s.execute(WHO).one() == (writer.id, False)
+    db.close()

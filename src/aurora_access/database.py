@@ -43,7 +43,8 @@ log = logging.getLogger("aurora_access")
 T = TypeVar("T")
 
 STAT_NAMES = ("reads_on_readers", "reads_on_writer", "writes", "failovers", "retries",
-              "ryw_fallbacks", "ryw_waits", "iam_tokens_generated", "topology_refreshes")
+              "ryw_fallbacks", "ryw_waits", "iam_tokens_generated", "topology_refreshes",
+              "writer_hangs")
 _RYW_POLL_S = 0.002
 _MARKER_CLEANUP_INTERVAL_S = 3600.0
 
@@ -532,8 +533,27 @@ class Database:
         return [topology.writer.host, *(r.host for r in topology.readers)]
 
     def _is_writer(self, host: str) -> bool:
-        with self._pools.probe_engine(host, self.settings.port).connect() as conn:
-            return bool(conn.exec_driver_sql(self.dialect.is_writer_sql).scalar())
+        return bool(self._query(host, self.dialect.is_writer_sql)[0][0])
+
+    def _heartbeat(self) -> None:
+        """Ask the writer for a sign of life; one that does not answer in
+        AURORA_HUNG_TIMEOUT_S is treated as failed: connections in use on it are cut (their
+        callers see the failure at once instead of after the OS's minutes) and the writer is
+        looked for again."""
+        writer = self.topology().writer
+        began = time.monotonic()
+        try:
+            self._query(writer.host, "SELECT 1")
+        except DBAPIError as error:
+            kind = self.dialect.classify(error)
+            if not kind.instance_failed:
+                raise
+            cut = self._pools.abort_in_use(writer.host)
+            log.warning("writer %s did not answer the heartbeat within %.1f s (%s); cut %d "
+                        "connection(s) in use", writer.id, time.monotonic() - began,
+                        kind.value, cut)
+            self._stats.bump("writer_hangs")
+            self.recover_writer(writer, kind)
 
     def _host_down(self, host: str) -> None:
         topology = self._router.topology
@@ -546,24 +566,36 @@ class Database:
                 self._router.unhealthy = self._router.unhealthy | {reader.id}
                 self._wake.set()
 
-    def _query(self, host: str, sql: str) -> list[tuple[Any, ...]]:
+    def _query(self, host: str, sql: str, timeout: float | None = None) -> list[tuple[Any, ...]]:
+        """One statement on one host, cut off after ``timeout`` (default AURORA_HUNG_TIMEOUT_S)
+        so that a hung host cannot hold the monitor or a probe."""
         with self._pools.probe_engine(host, self.settings.port).connect() as conn:
-            return [tuple(r) for r in conn.exec_driver_sql(sql).fetchall()]
+            dbapi_connection = conn.connection.dbapi_connection
+            guard = threading.Timer(timeout or self.settings.hung_timeout_s,
+                                    self.dialect.abort_connection, [dbapi_connection])
+            guard.daemon = True
+            guard.start()
+            try:
+                return [tuple(r) for r in conn.exec_driver_sql(sql).fetchall()]
+            finally:
+                guard.cancel()
 
     def _refresh_positions(self) -> None:
         topology = self._router.topology
         if topology is None:
             return
-        began = time.monotonic_ns()
-        position = self._router._observe_writer_position()
-        if position is not None:
-            self._router.writer_positions.record(began, position)
+        if not self._router.lag_mode:
+            began = time.monotonic_ns()
+            with contextlib.suppress(DBAPIError):  # the heartbeat deals with a failing writer
+                position = self.dialect.parse_position(
+                    self._query(topology.writer.host, self.dialect.writer_position_sql)[0][0])
+                if position is not None:
+                    self._router.writer_positions.record(began, position)
         healthy: set[str] = set()
         for reader in topology.readers:
             try:
-                with self._pools.probe_engine(reader.host, reader.port).connect() as conn:
-                    replayed = self.dialect.parse_position(
-                        conn.exec_driver_sql(self.dialect.replica_position_sql).scalar())
+                replayed = self.dialect.parse_position(
+                    self._query(reader.host, self.dialect.replica_position_sql)[0][0])
             except Exception as exc:
                 log.debug("reader %s did not answer: %s", reader.id, type(exc).__name__)
                 continue
@@ -598,12 +630,15 @@ class Database:
             if self._stop.is_set():
                 return
             try:
+                self._heartbeat()
                 self.refresh_topology()
                 self._refresh_positions()
                 if self._markers_ready and time.monotonic() >= next_cleanup:
                     next_cleanup = time.monotonic() + _MARKER_CLEANUP_INTERVAL_S
                     self._query(self.topology().writer.host,
                                 self.dialect.commit_marker_cleanup_sql + " RETURNING 1")
+            except NoWriterAvailable as exc:
+                log.warning("%s", exc)
             except Exception:  # the monitor must outlive any one failure
                 log.exception("topology monitor iteration failed")
 

@@ -12,6 +12,7 @@ connections in use close when they are returned, so nothing in flight breaks.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +41,8 @@ class InstancePools:
         self._lock = threading.Lock()
         self._engines: dict[tuple[str, int, bool], Engine] = {}
         self._snapshot: dict[tuple[str, int], Engine] = {}
+        # DBAPI connections in use, per host: what to cut when that host hangs
+        self._in_use: dict[str, set[Any]] = {}
 
     def _url(self, host: str, port: int) -> URL:
         s = self._settings
@@ -102,7 +105,29 @@ class InstancePools:
                                  exception: BaseException | None) -> None:
                 notify(host)
 
+        in_use = self._in_use.setdefault(host, set())
+
+        @event.listens_for(engine.pool, "checkout")
+        def _checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+            in_use.add(dbapi_connection)
+
+        @event.listens_for(engine.pool, "checkin")
+        def _checked_in(dbapi_connection: Any, record: Any) -> None:
+            in_use.discard(dbapi_connection)
+
+        @event.listens_for(engine.pool, "close")
+        def _closed(dbapi_connection: Any, record: Any) -> None:
+            in_use.discard(dbapi_connection)
+
         return engine
+
+    def abort_in_use(self, host: str) -> int:
+        """Cut every connection to ``host`` now in use (a hung instance); returns how many."""
+        connections = list(self._in_use.get(host, ()))
+        for connection in connections:
+            with contextlib.suppress(OSError):  # already closed
+                self._dialect.abort_connection(connection)
+        return len(connections)
 
     def checked_out(self, instance: Instance) -> int:
         """Connections of this instance's pool now in use (for least_connections)."""

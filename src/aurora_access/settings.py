@@ -44,6 +44,10 @@ AURORA_RYW_WAIT_MS            50                      ms a read may wait for a r
 AURORA_CONNECT_TIMEOUT        5                       seconds for one connection attempt (> 0)
 AURORA_FAILOVER_TIMEOUT       30                      seconds to find the new writer (> 0)
 AURORA_TOPOLOGY_REFRESH_S     1                       seconds between topology checks (> 0)
+AURORA_HUNG_TIMEOUT_S         2                       seconds the writer may take to answer the
+                                                      monitor's heartbeat before it is treated
+                                                      as failed (> 0); a hung writer is noticed
+                                                      within this plus one refresh
 ============================  ======================  ==============================================
 
 Region: AURORA_REGION, else (from the environment) AWS_REGION, else AWS_DEFAULT_REGION, else the
@@ -158,6 +162,7 @@ _NUMBERS: Final[Mapping[str, _Number]] = {
     "connect_timeout": _Number(False, 0, False, None, "a number of seconds > 0"),
     "failover_timeout": _Number(False, 0, False, None, "a number of seconds > 0"),
     "topology_refresh_s": _Number(False, 0, False, None, "a number of seconds > 0"),
+    "hung_timeout_s": _Number(False, 0, False, None, "a number of seconds > 0"),
 }
 _CHOICES: Final[Mapping[str, tuple[str, ...]]] = {
     "engine": _ENGINES,
@@ -265,6 +270,7 @@ class Settings:
     connect_timeout: float
     failover_timeout: float
     topology_refresh_s: float
+    hung_timeout_s: float
 
     def __init__(
         self,
@@ -293,6 +299,7 @@ class Settings:
         connect_timeout: float = 5.0,
         failover_timeout: float = 30.0,
         topology_refresh_s: float = 1.0,
+        hung_timeout_s: float = 2.0,
     ) -> None:
         """Validate and resolve the values; raises ``ConfigError`` naming the bad one."""
         self._resolve({
@@ -306,6 +313,7 @@ class Settings:
             "read_your_writes": read_your_writes, "max_replica_lag_ms": max_replica_lag_ms,
             "ryw_wait_ms": ryw_wait_ms, "connect_timeout": connect_timeout,
             "failover_timeout": failover_timeout, "topology_refresh_s": topology_refresh_s,
+            "hung_timeout_s": hung_timeout_s,
         }, DEFAULT_PREFIX)
 
     @classmethod
@@ -523,6 +531,7 @@ def _tuning(values: _Values) -> dict[str, object]:
         "connect_timeout": float(values.number("connect_timeout", 5.0)),
         "failover_timeout": float(values.number("failover_timeout", 30.0)),
         "topology_refresh_s": float(values.number("topology_refresh_s", 1.0)),
+        "hung_timeout_s": float(values.number("hung_timeout_s", 2.0)),
     }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 import psycopg
@@ -70,6 +72,14 @@ class PostgresDialect:
         if getattr(error, "connection_invalidated", False):
             return ErrorKind.CONNECTION_LOST
         return ErrorKind.OTHER
+
+    def abort_connection(self, dbapi_connection: Any) -> None:
+        """Cut a connection's socket under whatever thread is blocked on it, so that it
+        fails at once (a hung server acknowledges TCP but never answers: neither keepalives
+        nor a cancel request can end the wait). The descriptor stays psycopg's to close."""
+        fd = dbapi_connection.pgconn.socket
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
 
     def parse_position(self, value: Any) -> int | None:
         """An LSN (``'16/B374D848'``) as an integer; None stays None."""
