@@ -163,7 +163,7 @@ def test_a_paused_writer_is_noticed_within_the_bound(cluster: LocalCluster) -> N
             try:
                 with db.writer() as s:
                     s.execute(text("SELECT 1")).one()
-            except Exception as exc:  # noqa: BLE001 - what the application sees is the point
+            except Exception as exc:
                 outcome.append((time.monotonic() - paused_at, exc))
                 return
             if paused.is_set():
