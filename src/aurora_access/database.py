@@ -44,7 +44,7 @@ T = TypeVar("T")
 
 STAT_NAMES = ("reads_on_readers", "reads_on_writer", "writes", "failovers", "retries",
               "ryw_fallbacks", "ryw_waits", "iam_tokens_generated", "topology_refreshes",
-              "writer_hangs")
+              "writer_heartbeat_failures")
 _RYW_POLL_S = 0.002
 _MARKER_CLEANUP_INTERVAL_S = 3600.0
 
@@ -552,7 +552,7 @@ class Database:
             log.warning("writer %s did not answer the heartbeat within %.1f s (%s); cut %d "
                         "connection(s) in use", writer.id, time.monotonic() - began,
                         kind.value, cut)
-            self._stats.bump("writer_hangs")
+            self._stats.bump("writer_heartbeat_failures")
             self.recover_writer(writer, kind)
 
     def _host_down(self, host: str) -> None:
