@@ -49,8 +49,9 @@ def test_no_order_is_lost_or_doubled_through_three_failovers() -> None:
                 quantity = sum(items.values())
                 try:
                     db.run_transaction(
-                        lambda s: place_order(s, customer_id=n + 1, items=items,
-                                              order_id=order_id), max_attempts=10)
+                        lambda s, items=items, order_id=order_id: place_order(
+                            s, customer_id=n + 1, items=items, order_id=order_id),
+                        max_attempts=10)
                 except CommitOutcomeUnknown:
                     with lock:
                         unknown[order_id] = quantity
