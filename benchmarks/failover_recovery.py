@@ -1,0 +1,183 @@
+"""Failover recovery, side by side: crash to the first write committed on the new writer.
+
+Run: .venv/bin/python benchmarks/failover_recovery.py [--trials 5] [--endpoint-delay 5]
+
+One local cluster (1 writer, 2 readers, the cluster endpoint's DNS lagging ``--endpoint-delay``
+seconds behind a failover, as on Aurora). Three clients write at the same time, each in its own
+thread, each committing ``UPDATE ... RETURNING aurora_db_instance_identifier()`` in a loop:
+
+- aurora-access: ``db.run_transaction`` (finds the new writer by probing instances);
+- aws-advanced-python-wrapper 3.x on psycopg, plugins failover_v2 + host_monitoring_v2 with
+  aggressive settings (failure detection 1 s / 0.5 s interval / 2 probes, topology refresh 1 s,
+  fast topology refresh 100 ms, connect timeout 2 s), re-running the statement after its
+  FailoverSuccessError / TransactionResolutionUnknownError;
+- plain SQLAlchemy through the cluster endpoint (``pool_pre_ping=True``), reconnecting (pool
+  disposed) and retrying every 10 ms after any error: without the dispose, a pooled connection
+  to the demoted writer answers pings and fails every write read-only, for good.
+
+Each trial crashes the writer (``LocalCluster.failover``) and measures, per client, the time from
+the crash to its first commit that reports the new writer's id. Medians over the trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from aws_advanced_python_wrapper import AwsWrapperConnection, release_resources
+from aws_advanced_python_wrapper.errors import (
+    FailoverSuccessError,
+    TransactionResolutionUnknownError,
+)
+from sqlalchemy import create_engine, text
+
+from aurora_access import Database
+from aurora_access.local import LocalCluster, free_port
+
+UPDATE = ("UPDATE bench_counter SET n = n + 1 WHERE client = %s "
+          "RETURNING aurora_db_instance_identifier()")
+
+
+class Client:
+    """A writing loop that records (commit time, instance id) of every commit."""
+
+    def __init__(self, name: str, write: Callable[[], str]) -> None:
+        self.name = name
+        self.write = write
+        self.commits: list[tuple[float, str]] = []
+        self.errors = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                instance = self.write()
+            except Exception:
+                self.errors += 1
+                time.sleep(0.01)
+                continue
+            self.commits.append((time.monotonic(), instance))
+
+    def recovered_after(self, crashed_at: float, new_writer: str) -> float | None:
+        for at, instance in self.commits:
+            if at > crashed_at and instance == new_writer:
+                return at - crashed_at
+        return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--endpoint-delay", type=float, default=5.0)
+    args = parser.parse_args()
+
+    with LocalCluster(readers=2, endpoint_delay_s=args.endpoint_delay,
+                      port=free_port()) as cluster:
+        with psycopg.connect(cluster.app_url().replace("+psycopg", ""), autocommit=True) as c:
+            c.execute("CREATE TABLE bench_counter (client text PRIMARY KEY, n int NOT NULL)")
+            c.execute("INSERT INTO bench_counter VALUES ('aurora', 0), ('peer', 0), "
+                      "('plain', 0)")
+        db = Database.from_env(cluster.env())
+        peer = _peer_connection(cluster)
+        plain = create_engine(cluster.app_url(), pool_pre_ping=True,
+                              connect_args={"connect_timeout": 2})
+
+        def aurora_write() -> str:
+            return str(db.run_transaction(
+                lambda s: s.execute(text(UPDATE.replace("%s", "'aurora'"))).scalar(),
+                max_attempts=10))
+
+        def peer_write() -> str:
+            try:
+                with peer.cursor() as cur:
+                    cur.execute(UPDATE, ("peer",))
+                    row = cur.fetchone()
+                peer.commit()
+            except (FailoverSuccessError, TransactionResolutionUnknownError):
+                raise  # counted as an error; the next loop re-runs on the new connection
+            assert row is not None
+            return str(row[0])
+
+        def plain_write() -> str:
+            try:
+                with plain.begin() as conn:
+                    return str(conn.execute(text(UPDATE.replace("%s", "'plain'"))).scalar())
+            except Exception:
+                # reconnect: a pooled connection to the demoted writer would stay read-only
+                plain.dispose()
+                raise
+
+        clients = [Client("aurora-access", aurora_write),
+                   Client("aws-advanced-python-wrapper (failover_v2, aggressive)", peer_write),
+                   Client(f"plain SQLAlchemy via the cluster endpoint "
+                          f"(DNS lag {args.endpoint_delay:g} s)", plain_write)]
+        for client in clients:
+            client.thread.start()
+        results: dict[str, list[float | None]] = {c.name: [] for c in clients}
+        for trial in range(args.trials):
+            time.sleep(2.0)  # steady state, every client committing
+            crashed_at = time.monotonic()
+            report = cluster.failover()
+            deadline = crashed_at + args.endpoint_delay + 20
+            while time.monotonic() < deadline and any(
+                    c.recovered_after(crashed_at, report.new_writer) is None for c in clients):
+                time.sleep(0.05)
+            for client in clients:
+                results[client.name].append(
+                    client.recovered_after(crashed_at, report.new_writer))
+            print(f"trial {trial + 1}: {report}; " + "; ".join(
+                f"{c.name.split(' ')[0]} {_fmt(results[c.name][-1])}" for c in clients),
+                flush=True)
+        for client in clients:
+            client.stop.set()
+        for client in clients:
+            client.thread.join(10)
+        stats = db.stats()
+        db.close()
+        peer.close()
+        release_resources()
+
+    print()
+    print(f"| client | median recovery ({args.trials} failovers) | each | errors seen |")
+    print("|---|---|---|---|")
+    for client in clients:
+        values = results[client.name]
+        done = [v for v in values if v is not None]
+        median = _fmt(statistics.median(done)) if len(done) == len(values) else "not recovered"
+        print(f"| {client.name} | {median} | {', '.join(_fmt(v) for v in values)} | "
+              f"{client.errors} |")
+    print(f"\naurora-access stats: {stats}")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
+def _peer_connection(cluster: LocalCluster) -> Any:
+    return AwsWrapperConnection.connect(
+        psycopg.Connection.connect,
+        f"host={cluster.cluster_host} port={cluster.port} dbname={cluster.database} "
+        f"user={cluster.user} password={cluster.password}",
+        plugins="failover_v2,host_monitoring_v2",
+        wrapper_dialect="aurora-pg",
+        cluster_instance_host_pattern=f"{cluster.instance_host_pattern}:{cluster.port}",
+        enable_connect_failover=True,
+        connect_timeout=2,
+        failover_timeout_sec=30,
+        topology_refresh_ms=1000,
+        cluster_topology_high_refresh_rate_ms=100,
+        failure_detection_time_ms=1000,
+        failure_detection_interval_ms=500,
+        failure_detection_count=2,
+        autocommit=False,
+    )
+
+
+if __name__ == "__main__":
+    main()
