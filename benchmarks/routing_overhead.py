@@ -18,6 +18,8 @@ Cases:
   failover_v2), ``read_only = True``, a read transaction (SELECT + COMMIT) per operation;
 - write, plain SQLAlchemy: ``Session(writer_engine)``, get a customer FOR UPDATE, rename, commit;
 - write, routed: the same in ``db.session()``, read-your-writes bookkeeping included;
+- write, run_transaction: the same through ``db.run_transaction`` (its commit marker, which lets
+  a COMMIT cut off by a failover be resolved, included);
 - write then read, routed: the write above followed by a read of the same row in a new session
   of the same context (what read-your-writes costs a read that follows a write).
 """
@@ -122,6 +124,14 @@ def main() -> None:
                 customer.name = f"routed {i}"
             return customer
 
+        def marked_write(i: int) -> object:
+            def rename(s: Session) -> None:
+                customer = s.get(Customer, i % 100 + 1, with_for_update=True)
+                assert customer is not None
+                customer.name = f"marked {i}"
+
+            return db.run_transaction(rename)
+
         def routed_write_then_read(i: int) -> object:
             routed_write(i)
             with db.session() as s:
@@ -137,6 +147,7 @@ def main() -> None:
             "read, peer wrapper read transaction": peer_read,
             "write, plain SQLAlchemy get FOR UPDATE + mutate + commit": plain_write,
             "write, routed db.session(), same": routed_write,
+            "write, run_transaction, same (commit marker included)": marked_write,
             "write then read, routed (read-your-writes)": routed_write_then_read,
         }
         for op in cases.values():  # warm up: connections, prepared statements, caches
@@ -163,12 +174,14 @@ def main() -> None:
     for name, value in median.items():
         print(f"| {name} | {value * 1e6:.0f} | {value / base:.2f} | "
               f"{median_cpu[name] * 1e6:.0f} |")
-    raw, plain, auto, routed, peer, plain_w, routed_w, _ = median.values()
+    raw, plain, auto, routed, peer, plain_w, routed_w, marked_w, _ = median.values()
     print()
     print(f"routed read / plain read: {routed / plain:.2f} (target <= 0.6)")
     print(f"routed read / plain read on an AUTOCOMMIT engine: {routed / auto:.2f}")
     print(f"routed read / peer wrapper read: {routed / peer:.2f} (target <= 1)")
     print(f"routed write / plain write: {routed_w / plain_w:.2f} (target <= 1.05)")
+    print(f"run_transaction write / routed write: {marked_w / routed_w:.2f} "
+          "(what resolving commit outcomes costs)")
     print(f"stats: {stats}")
 
 

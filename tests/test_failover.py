@@ -71,6 +71,11 @@ def test_a_write_transaction_cut_by_a_failover_must_be_replayed(
     with db.writer() as s:  # written through the new writer, not the stale endpoint
         assert s.execute(WHO).one() == (new.id, False)
         assert s.get(Customer, 1).name == "after failover"  # type: ignore[union-attr]
+    deadline = time.monotonic() + 5  # the old writer comes back as a reader, and is one
+    while old.id not in {r.id for r in db.topology().readers}:
+        assert time.monotonic() < deadline, db.topology()
+        time.sleep(0.05)
+    assert db.topology().writer.id == new.id
 
 
 def test_commit_outcomes_are_read_on_the_new_writer(db: Database, cluster: LocalCluster) -> None:
