@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import event, func, select, text
+from sqlalchemy import Engine, event, func, select, text
 
 from aurora_access import Database, RoutingSession, TransactionReplayRequired
 from aurora_access.demo.models import Customer, Order, Stock
@@ -80,7 +80,7 @@ def test_a_write_transaction_cut_by_a_failover_must_be_replayed(
 
 def test_commit_outcomes_are_read_on_the_new_writer(db: Database, cluster: LocalCluster) -> None:
     db.run_transaction(lambda s: s.get(Customer, 2))  # makes the marker table
-    insert = db.dialect.commit_marker_insert_sql
+    insert = "INSERT INTO aurora_access_commit_markers (id) VALUES (%(id)s)"
     with db.writer() as s:
         s.get(Customer, 2).name = "committed before failover"  # type: ignore[union-attr]
         s.connection().exec_driver_sql(insert, {"id": "committed-marker"})
@@ -98,16 +98,22 @@ def test_commit_outcomes_are_read_on_the_new_writer(db: Database, cluster: Local
 def test_a_commit_cut_off_is_resolved_and_replayed(db: Database, cluster: LocalCluster) -> None:
     runs: list[str] = []
 
+    def fail_over_before_commit(conn: object, cursor: object, statement: str,
+                                *args: object) -> None:
+        if len(runs) == 1 and "aurora_access_commit_markers" in statement \
+                and "COMMIT" in statement:
+            cluster.failover(wait_for_old_writer=False)  # the COMMIT then meets a dead writer
+
     def order(s: RoutingSession) -> str:
         runs.append(s.execute(WHO).one()[0])
-        order_id = place_order(s, customer_id=5, items={5: 1}, order_id=f"cut-{len(runs)}")
-        if len(runs) == 1:  # the writer fails over right before COMMIT reaches it
-            event.listen(s, "before_commit",
-                         lambda _: cluster.failover(wait_for_old_writer=False), once=True)
-        return order_id
+        return place_order(s, customer_id=5, items={5: 1}, order_id=f"cut-{len(runs)}")
 
     crashed_writer = cluster.writer.id
-    order_id = db.run_transaction(order)
+    event.listen(Engine, "before_cursor_execute", fail_over_before_commit)
+    try:
+        order_id = db.run_transaction(order)
+    finally:
+        event.remove(Engine, "before_cursor_execute", fail_over_before_commit)
     assert order_id == "cut-2" and runs[0] == crashed_writer != runs[1]
     with db.writer() as s:
         assert s.scalars(select(Order.id).where(Order.id.like("cut-%"))).all() == ["cut-2"]

@@ -333,7 +333,7 @@ class Database:
 
         To resolve a commit, a transaction that wrote also inserts a row into
         ``aurora_access_commit_markers`` (made on first use; rows older than a day are deleted
-        by the monitor): one more statement in the transaction.
+        by the monitor), sent with the COMMIT in one round trip.
         """
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
@@ -355,38 +355,52 @@ class Database:
     def _run_once(self, fn: Callable[[RoutingSession], T]) -> T:
         self._ensure_commit_markers()
         session = self.sessionmaker(mode="writer")
-        marker = None
+        committing: tuple[Instance, str, T] | None = None  # writer, marker, fn's result
         try:
             try:
                 result = fn(session)
                 session.flush()
-                if session.wrote:
-                    marker = uuid.uuid4().hex
-                    session.connection().exec_driver_sql(self.dialect.commit_marker_insert_sql,
-                                                         {"id": marker})
+                if not session.wrote or session.transaction_writer is None:
+                    session.commit()  # nothing written: nothing to resolve
+                    return result
+                marker = uuid.uuid4().hex
+                committing = (session.transaction_writer[1], marker, result)
+                # the marker and the COMMIT travel together: no round trip added
+                session.connection().exec_driver_sql(self.dialect.commit_with_marker_sql(marker))
             except DBAPIError as error:
-                if self.dialect.classify(error).retryable_transaction:
+                kind = self.dialect.classify(error)
+                if kind.instance_failed and committing is not None:
+                    return self._after_cut_off_commit(session, kind, *committing)
+                if kind.retryable_transaction:
                     raise _RetryableError(str(error)) from error
                 raise
-            try:
-                session.commit()
-            except CommitOutcomeUnknown:
-                if marker is None:  # nothing was written: nothing to lose
-                    return result
-                outcome = self.resolve_commit_outcome(marker)
-                log.warning("a COMMIT cut off by a failover was %s", outcome)
-                if outcome == "committed":
-                    return result
-                if outcome == "aborted":
-                    raise TransactionReplayRequired(
-                        "the commit did not survive the failover: run it again") from None
-                raise
+            session.commit()  # the database has committed: this only closes the books
             return result
         except BaseException:
             session.rollback()
             raise
         finally:
             session.close()
+
+    def _after_cut_off_commit(self, session: RoutingSession, kind: ErrorKind,
+                              writer: Instance, marker: str, result: T) -> T:
+        """The connection died while INSERT marker + COMMIT were in flight."""
+        with contextlib.suppress(Exception):
+            session.rollback()
+        with contextlib.suppress(NoWriterAvailable):
+            self.recover_writer(writer, kind)
+        outcome = self.resolve_commit_outcome(marker)
+        log.warning("a COMMIT cut off on %s (%s) was %s", writer.id, kind.value, outcome)
+        if outcome == "committed":
+            self._router.committed()  # read-your-writes holds for it as for any commit
+            return result
+        if outcome == "aborted":
+            raise TransactionReplayRequired(
+                f"the commit on {writer.id} did not survive the failover: run it again",
+                writer.id) from None
+        raise CommitOutcomeUnknown(
+            f"the connection to the writer {writer.id} failed during COMMIT ({kind.value}) and "
+            "no writer could say whether it committed", writer.id)
 
     def _ensure_commit_markers(self) -> None:
         if self._markers_ready:

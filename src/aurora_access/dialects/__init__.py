@@ -25,13 +25,14 @@ class EngineDialect(Protocol):
     replica_position_sql: str
     is_writer_sql: str
     commit_marker_ddl: str
-    commit_marker_insert_sql: str
     commit_marker_check_sql: str
     commit_marker_cleanup_sql: str
 
     def classify(self, error: BaseException) -> ErrorKind: ...
 
     def abort_connection(self, dbapi_connection: Any) -> None: ...
+
+    def commit_with_marker_sql(self, marker: str) -> str: ...
 
     def parse_position(self, value: Any) -> int | None: ...
 

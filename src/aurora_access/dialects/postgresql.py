@@ -50,7 +50,6 @@ class PostgresDialect:
         "CREATE TABLE IF NOT EXISTS aurora_access_commit_markers "
         "(id text PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now())"
     )
-    commit_marker_insert_sql = "INSERT INTO aurora_access_commit_markers (id) VALUES (%(id)s)"
     commit_marker_check_sql = (
         "SELECT EXISTS (SELECT 1 FROM aurora_access_commit_markers WHERE id = %(id)s)"
     )
@@ -72,6 +71,13 @@ class PostgresDialect:
         if getattr(error, "connection_invalidated", False):
             return ErrorKind.CONNECTION_LOST
         return ErrorKind.OTHER
+
+    def commit_with_marker_sql(self, marker: str) -> str:
+        """Insert the marker and commit, in one round trip (no parameters: psycopg then sends
+        it as a simple query, which may hold several statements). ``marker`` is our own hex."""
+        if not marker.isalnum():
+            raise ValueError(f"a commit marker is hex digits, not {marker!r}")
+        return (f"INSERT INTO aurora_access_commit_markers (id) VALUES ('{marker}'); COMMIT")
 
     def abort_connection(self, dbapi_connection: Any) -> None:
         """Cut a connection's socket under whatever thread is blocked on it, so that it
