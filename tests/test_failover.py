@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, event, func, select, text
+from sqlalchemy import func, select, text
 
 from aurora_access import Database, RoutingSession, TransactionReplayRequired
 from aurora_access.demo.models import Customer, Order, Stock
@@ -95,25 +95,23 @@ def test_commit_outcomes_are_read_on_the_new_writer(db: Database, cluster: Local
     assert db.topology().writer.id == cluster.writer.id
 
 
-def test_a_commit_cut_off_is_resolved_and_replayed(db: Database, cluster: LocalCluster) -> None:
+def test_a_commit_cut_off_is_resolved_and_replayed(
+        db: Database, cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
     runs: list[str] = []
+    commit_sql = db.dialect.commit_with_marker_sql
 
-    def fail_over_before_commit(conn: object, cursor: object, statement: str,
-                                *args: object) -> None:
-        if len(runs) == 1 and "aurora_access_commit_markers" in statement \
-                and "COMMIT" in statement:
-            cluster.failover(wait_for_old_writer=False)  # the COMMIT then meets a dead writer
+    def fail_over_first(marker: str) -> str:
+        if len(runs) == 1:  # the writer goes away right before INSERT marker + COMMIT is sent
+            cluster.failover(wait_for_old_writer=False)
+        return commit_sql(marker)
 
     def order(s: RoutingSession) -> str:
         runs.append(s.execute(WHO).one()[0])
         return place_order(s, customer_id=5, items={5: 1}, order_id=f"cut-{len(runs)}")
 
+    monkeypatch.setattr(db.dialect, "commit_with_marker_sql", fail_over_first)
     crashed_writer = cluster.writer.id
-    event.listen(Engine, "before_cursor_execute", fail_over_before_commit)
-    try:
-        order_id = db.run_transaction(order)
-    finally:
-        event.remove(Engine, "before_cursor_execute", fail_over_before_commit)
+    order_id = db.run_transaction(order)
     assert order_id == "cut-2" and runs[0] == crashed_writer != runs[1]
     with db.writer() as s:
         assert s.scalars(select(Order.id).where(Order.id.like("cut-%"))).all() == ["cut-2"]

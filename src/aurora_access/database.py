@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import secrets
 import threading
 import time
-import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -363,10 +363,10 @@ class Database:
                 if not session.wrote or session.transaction_writer is None:
                     session.commit()  # nothing written: nothing to resolve
                     return result
-                marker = uuid.uuid4().hex
+                # time first: the markers' index grows at its right edge, not at random pages
+                marker = f"{time.time_ns():016x}{secrets.token_hex(6)}"
                 committing = (session.transaction_writer[1], marker, result)
-                # the marker and the COMMIT travel together: no round trip added
-                session.connection().exec_driver_sql(self.dialect.commit_with_marker_sql(marker))
+                self._commit_with_marker(session, marker)
             except DBAPIError as error:
                 kind = self.dialect.classify(error)
                 if kind.instance_failed and committing is not None:
@@ -381,6 +381,24 @@ class Database:
             raise
         finally:
             session.close()
+
+    def _commit_with_marker(self, session: RoutingSession, marker: str) -> None:
+        """INSERT the marker and COMMIT in one round trip, on the DBAPI cursor itself (the
+        statement needs none of SQLAlchemy's machinery, which would cost more than it)."""
+        connection = session.connection()
+        sql = self.dialect.commit_with_marker_sql(marker)
+        dbapi_error = connection.dialect.loaded_dbapi.Error
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql)
+        except dbapi_error as error:
+            wrapped = DBAPIError.instance(sql, None, error, dbapi_error)
+            if self.dialect.classify(wrapped).instance_failed:
+                connection.invalidate(error)
+            raise wrapped from error
+        finally:
+            with contextlib.suppress(Exception):
+                cursor.close()
 
     def _after_cut_off_commit(self, session: RoutingSession, kind: ErrorKind,
                               writer: Instance, marker: str, result: T) -> T:
