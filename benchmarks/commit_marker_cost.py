@@ -1,0 +1,89 @@
+"""What resolving commit outcomes costs a write: run_transaction with and without its marker.
+
+Run: .venv/bin/python benchmarks/commit_marker_cost.py [--rounds 6] [--ops 200]
+
+One local cluster (1 writer, 1 reader). Three cases, interleaved round by round, each a write
+(get a customer FOR UPDATE, rename it, commit); medians over the rounds of client CPU and wall
+time per write: ``db.run_transaction`` (its marker INSERT sent with the COMMIT), the same with
+the marker replaced by a bare COMMIT, and a ``db.session()`` block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+from collections.abc import Callable
+
+from aurora_access import Database, RoutingSession
+from aurora_access.demo.models import Customer
+from aurora_access.demo.shop import create_schema, seed
+from aurora_access.local import LocalCluster, free_port
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--ops", type=int, default=200)
+    args = parser.parse_args()
+    with LocalCluster(readers=1, port=free_port(1)) as cluster:
+        db = Database.from_env(cluster.env())
+        create_schema(db.engine("writer"))
+        with db.writer() as s:
+            seed(s)
+        with_marker = db.dialect.commit_with_marker_sql
+
+        def rename(i: int) -> Callable[[RoutingSession], None]:
+            def work(s: RoutingSession) -> None:
+                customer = s.get(Customer, i % 50 + 1, with_for_update=True)
+                assert customer is not None
+                customer.name = f"n{i}"
+            return work
+
+        def marked(i: int) -> None:
+            db.run_transaction(rename(i))
+
+        def unmarked(i: int) -> None:
+            db.dialect.commit_with_marker_sql = lambda marker: "COMMIT"  # type: ignore[method-assign]
+            try:
+                db.run_transaction(rename(i))
+            finally:
+                db.dialect.commit_with_marker_sql = with_marker  # type: ignore[method-assign]
+
+        def session_block(i: int) -> None:
+            with db.session() as s:
+                rename(i)(s)
+
+        cases: dict[str, Callable[[int], None]] = {
+            "run_transaction (marker with the COMMIT)": marked,
+            "run_transaction, bare COMMIT instead of the marker": unmarked,
+            "db.session() block": session_block,
+        }
+        samples: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+
+        def run() -> None:  # one thread: a context of its own, as a request would have
+            for case in cases.values():
+                for i in range(50):
+                    case(i)
+            for _ in range(args.rounds):
+                for name, case in cases.items():
+                    cpu, wall = time.thread_time(), time.perf_counter()
+                    for i in range(args.ops):
+                        case(i)
+                    samples[name].append(((time.thread_time() - cpu) / args.ops,
+                                          (time.perf_counter() - wall) / args.ops))
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+        db.close()
+    print("| case | client CPU us/write | wall us/write |")
+    print("|---|---|---|")
+    for name, values in samples.items():
+        print(f"| {name} | {statistics.median(v[0] for v in values) * 1e6:.0f} | "
+              f"{statistics.median(v[1] for v in values) * 1e6:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
