@@ -67,7 +67,6 @@ def test_lagging_or_unhealthy_readers_get_no_reads() -> None:
     assert {choose(r).id for _ in range(5)} == {"b"}  # type: ignore[union-attr]
     r.unhealthy = {"b"}
     assert choose(r) is None  # the writer
-    assert r.stats.snapshot()["reads_on_writer"] == 1
 
 
 def test_lag_mode_waits_until_a_report_covers_the_commit() -> None:

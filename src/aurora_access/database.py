@@ -109,8 +109,12 @@ class Router:
         topology = self._topology()
         reader = self._choose_reader(topology, session.after)
         if reader is None:
-            session.last_instance = topology.writer
-            return self.pools.engine(topology.writer)
+            writer = session.last_instance = topology.writer
+            self.stats.bump("reads_on_writer")
+            if snapshot:
+                return self.pools.engine(writer)
+            # a read, even on the writer, needs no transaction: autocommit, one round trip
+            return self.pools.probe_engine(writer.host, writer.port)
         session.last_instance = reader
         self.stats.bump("reads_on_readers")
         return self.pools.snapshot_engine(reader) if snapshot else self.pools.engine(reader)
@@ -126,7 +130,6 @@ class Router:
         usable = [r for r in topology.readers if r.id not in self.unhealthy
                   and (r.lag_ms is None or r.lag_ms <= max_lag)]
         if not usable:
-            self.stats.bump("reads_on_writer")
             return None
         marks = [m for m in (after, self.commits.current() if self.settings.read_your_writes
                              else None) if m is not None]

@@ -8,6 +8,7 @@ it must see); the decision is ``routing.statement_route`` and the choice of inst
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import Engine, event
@@ -61,25 +62,18 @@ class RoutingSession(Session):
     # -- failures -------------------------------------------------------------------------
 
     def execute(self, *args: Any, **kwargs: Any) -> Any:
-        for attempt in range(READ_RETRIES + 1):
-            try:
-                return super().execute(*args, **kwargs)
-            except DBAPIError as error:
-                self._after_failure(error, retry=attempt < READ_RETRIES)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self._retrying(super().execute, *args, **kwargs)
 
     def scalar(self, *args: Any, **kwargs: Any) -> Any:
-        for attempt in range(READ_RETRIES + 1):
-            try:
-                return super().scalar(*args, **kwargs)
-            except DBAPIError as error:
-                self._after_failure(error, retry=attempt < READ_RETRIES)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self._retrying(super().scalar, *args, **kwargs)
 
     def scalars(self, *args: Any, **kwargs: Any) -> Any:
+        return self._retrying(super().scalars, *args, **kwargs)
+
+    def _retrying(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         for attempt in range(READ_RETRIES + 1):
             try:
-                return super().scalars(*args, **kwargs)
+                return call(*args, **kwargs)
             except DBAPIError as error:
                 self._after_failure(error, retry=attempt < READ_RETRIES)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -114,12 +108,13 @@ class RoutingSession(Session):
         instance = self.last_instance
         if not kind.instance_failed or instance is None:
             raise error
-        wrote = self.wrote
+        # a transaction that wrote, or one snapshot, cannot go on elsewhere: it is replayed
+        in_transaction = self.wrote or self.snapshot
         self._clean()
         self.router.instance_failed(instance, kind)  # may raise NoWriterAvailable
-        if wrote:
+        if in_transaction:
             raise TransactionReplayRequired(
-                f"instance {instance.id} ({instance.host}) failed during a write transaction "
+                f"instance {instance.id} ({instance.host}) failed during a transaction "
                 f"({kind.value}); it was rolled back, nothing of it was committed: run it "
                 "again", instance.id) from error
         if not retry:
