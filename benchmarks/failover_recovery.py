@@ -160,14 +160,12 @@ def _fmt(value: float | None) -> str:
 
 
 def _peer_connection(cluster: LocalCluster) -> Any:
+    conninfo, properties = cluster.peer_wrapper_args()
     return AwsWrapperConnection.connect(
         psycopg.Connection.connect,
-        f"host={cluster.cluster_host} port={cluster.port} dbname={cluster.database} "
-        f"user={cluster.user} password={cluster.password}",
+        conninfo,
         plugins="failover_v2,host_monitoring_v2",
-        wrapper_dialect="aurora-pg",
-        cluster_instance_host_pattern=f"{cluster.instance_host_pattern}:{cluster.port}",
-        enable_connect_failover=True,
+        **properties,
         connect_timeout=2,
         failover_timeout_sec=30,
         topology_refresh_ms=1000,

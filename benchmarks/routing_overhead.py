@@ -186,16 +186,10 @@ def main() -> None:
 
 
 def _peer_wrapper(cluster: LocalCluster) -> object:
+    conninfo, properties = cluster.peer_wrapper_args()
     conn = AwsWrapperConnection.connect(
-        psycopg.Connection.connect,
-        f"host={cluster.cluster_host} port={cluster.port} dbname={cluster.database} "
-        f"user={cluster.user} password={cluster.password}",
-        plugins="read_write_splitting,failover_v2",
-        wrapper_dialect="aurora-pg",
-        cluster_instance_host_pattern=f"{cluster.instance_host_pattern}:{cluster.port}",
-        enable_connect_failover=True,
-        autocommit=False,
-    )
+        psycopg.Connection.connect, conninfo, plugins="read_write_splitting,failover_v2",
+        **properties, autocommit=False)
     conn.read_only = True  # moves the connection to a reader
     with conn.cursor() as cur:
         cur.execute("SELECT pg_is_in_recovery()")

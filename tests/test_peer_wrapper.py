@@ -30,15 +30,13 @@ def cluster() -> Iterator[LocalCluster]:
 @pytest.mark.parametrize("plugin", ["failover", "failover_v2"])
 def test_wrapper_discovers_topology_and_follows_failover(cluster: LocalCluster,
                                                          plugin: str) -> None:
+    conninfo, properties = cluster.peer_wrapper_args()
+    properties["cluster_id"] = f"local-{cluster.port}-{plugin}"  # a fresh topology cache
     conn = wrapper.AwsWrapperConnection.connect(
         psycopg.Connection.connect,
-        f"host={cluster.cluster_host} port={cluster.port} dbname={cluster.database} "
-        f"user={cluster.user} password={cluster.password}",
+        conninfo,
         plugins=plugin,
-        wrapper_dialect="aurora-pg",
-        cluster_instance_host_pattern=f"{cluster.instance_host_pattern}:{cluster.port}",
-        cluster_id=f"local-{cluster.port}-{plugin}",
-        enable_connect_failover=True,
+        **properties,
         connect_timeout=2, failover_timeout_sec=30,
         topology_refresh_ms=1000, cluster_topology_high_refresh_rate_ms=100,
         autocommit=True,

@@ -367,6 +367,21 @@ class LocalCluster:
         return (f"{self._servers.url_scheme}://{self.user}:{self.password}@"
                 f"{host or self.cluster_host}:{self.port}/{self.database}")
 
+    def peer_wrapper_args(self) -> tuple[str, dict[str, object]]:
+        """Conninfo and properties with which aws-advanced-python-wrapper, unmodified, treats
+        this cluster as Aurora PostgreSQL: ``AwsWrapperConnection.connect(
+        psycopg.Connection.connect, conninfo, plugins=..., **properties)``."""
+        conninfo = (f"host={self.cluster_host} port={self.port} dbname={self.database} "
+                    f"user={self.user} password={self.password}")
+        return conninfo, {
+            "wrapper_dialect": "aurora-pg",
+            "cluster_instance_host_pattern": f"{self.instance_host_pattern}:{self.port}",
+            # without it failover_v2 learns the topology only at the first failover
+            "enable_connect_failover": True,
+            # one topology cache per cluster (the wrapper keys it by this id)
+            "cluster_id": f"local-{self.port}",
+        }
+
     def describe(self) -> str:
         parts = [f"{n.id}@{n.host} {n.role} {n.state}" for n in self._nodes]
         return (f"port {self.port}, cluster endpoint {self.cluster_host}, reader endpoint "
