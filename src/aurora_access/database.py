@@ -74,13 +74,14 @@ class Router:
     """Chooses instances for routed statements; shared by every session of one Database."""
 
     def __init__(self, settings: Settings, dialect: EngineDialect, pools: InstancePools,
-                 stats: Stats) -> None:
+                 stats: Stats,
+                 observe_writer_position: Callable[[], int | None] = lambda: None) -> None:
         self.settings = settings
         self.dialect = dialect
         self.pools = pools
         self.stats = stats
         self.commits = CommitTracker()
-        self.writer_positions = WriterPositions(self._observe_writer_position)
+        self.writer_positions = WriterPositions(observe_writer_position)
         self.replica_positions = ReplicaPositions()
         self.topology: Topology | None = None
         self.writer_engine: Engine | None = None  # the current writer's, kept at hand
@@ -231,17 +232,6 @@ class Router:
 
     # -- positions and topology ---------------------------------------------------------
 
-    def _observe_writer_position(self) -> int | None:
-        try:
-            engine = self.pools.engine(self._topology().writer)
-            with engine.connect() as conn:
-                autocommit = conn.execution_options(isolation_level="AUTOCOMMIT")
-                return self.dialect.parse_position(
-                    autocommit.exec_driver_sql(self.dialect.writer_position_sql).scalar())
-        except Exception as exc:
-            log.warning("could not read the writer's position: %s", type(exc).__name__)
-            return None
-
     def _topology(self) -> Topology:
         topology = self.topology
         if topology is None:
@@ -262,7 +252,8 @@ class Database:
         self.dialect = for_engine(settings.engine)
         self._stats = Stats()
         self._pools = InstancePools(settings, self.dialect, on_disconnect=self._host_down)
-        self._router = Router(settings, self.dialect, self._pools, self._stats)
+        self._router = Router(settings, self.dialect, self._pools, self._stats,
+                              self._writer_position)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._router.request_refresh = self._wake.set
@@ -615,17 +606,25 @@ class Database:
             finally:
                 guard.cancel()
 
+    def _writer_position(self) -> int | None:
+        """The writer's log position now; None if it does not answer (the heartbeat and the
+        sessions deal with a failing writer)."""
+        try:
+            return self.dialect.parse_position(
+                self._query(self.topology().writer.host, self.dialect.writer_position_sql)[0][0])
+        except DBAPIError as exc:
+            log.warning("could not read the writer's position: %s", type(exc).__name__)
+            return None
+
     def _refresh_positions(self) -> None:
         topology = self._router.topology
         if topology is None:
             return
         if not self._router.lag_mode:
             began = time.monotonic_ns()
-            with contextlib.suppress(DBAPIError):  # the heartbeat deals with a failing writer
-                position = self.dialect.parse_position(
-                    self._query(topology.writer.host, self.dialect.writer_position_sql)[0][0])
-                if position is not None:
-                    self._router.writer_positions.record(began, position)
+            position = self._writer_position()
+            if position is not None:
+                self._router.writer_positions.record(began, position)
         healthy: set[str] = set()
         for reader in topology.readers:
             try:
