@@ -11,7 +11,7 @@ from sqlalchemy.exc import OperationalError as SAOperationalError
 
 from aurora_access import NoWriterAvailable
 from aurora_access.dialects.postgresql import PostgresDialect
-from aurora_access.failover import ErrorKind, WriterDiscovery
+from aurora_access.failover import ErrorKind, Watchdog, WriterDiscovery
 
 classify = PostgresDialect().classify
 
@@ -98,3 +98,16 @@ def test_concurrent_callers_share_one_search() -> None:
         thread.join()
     assert results == ["w"] * 8
     assert probes == ["w"]
+
+
+def test_watchdog_fires_late_actions_only_and_stops() -> None:
+    watchdog = Watchdog()
+    fired: list[str] = []
+    watchdog.arm(0.05, lambda: fired.append("late"))
+    quick = watchdog.arm(0.05, lambda: fired.append("disarmed"))
+    watchdog.disarm(quick)
+    watchdog.arm(10, lambda: fired.append("never"))
+    time.sleep(0.2)
+    assert fired == ["late"]
+    watchdog.close()
+    assert "aurora-access-watchdog" not in {t.name for t in threading.enumerate()}

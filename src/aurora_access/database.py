@@ -33,7 +33,7 @@ from .consistency import (
 )
 from .dialects import EngineDialect, for_engine
 from .errors import CommitOutcomeUnknown, NoWriterAvailable, TransactionReplayRequired
-from .failover import ErrorKind, WriterDiscovery
+from .failover import ErrorKind, Watchdog, WriterDiscovery
 from .pools import InstancePools
 from .session import RoutingSession
 from .settings import Settings
@@ -256,6 +256,7 @@ class Database:
                               self._writer_position)
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._watchdog = Watchdog()
         self._router.request_refresh = self._wake.set
         self._router.instance_failed = self._instance_failed
         self._discovery = WriterDiscovery(self._is_writer, settings.failover_timeout)
@@ -597,14 +598,12 @@ class Database:
         so that a hung host cannot hold the monitor or a probe."""
         with self._pools.probe_engine(host, self.settings.port).connect() as conn:
             dbapi_connection = conn.connection.dbapi_connection
-            guard = threading.Timer(timeout or self.settings.hung_timeout_s,
-                                    self.dialect.abort_connection, [dbapi_connection])
-            guard.daemon = True
-            guard.start()
+            guard = self._watchdog.arm(timeout or self.settings.hung_timeout_s,
+                                       lambda: self.dialect.abort_connection(dbapi_connection))
             try:
                 return [tuple(r) for r in conn.exec_driver_sql(sql).fetchall()]
             finally:
-                guard.cancel()
+                self._watchdog.disarm(guard)
 
     def _writer_position(self) -> int | None:
         """The writer's log position now; None if it does not answer (the heartbeat and the
@@ -685,6 +684,7 @@ class Database:
             if self._monitor.is_alive():
                 warnings.warn(f"aurora-access topology monitor did not stop in {timeout} s",
                               RuntimeWarning, stacklevel=2)
+        self._watchdog.close(timeout)
         self._pools.dispose()
 
     def __enter__(self) -> Database:

@@ -7,6 +7,8 @@ asking instances directly, never through the cluster endpoint (whose DNS lags a 
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
 import time
@@ -117,3 +119,62 @@ class WriterDiscovery:
         raise NoWriterAvailable(
             f"no instance accepted writes within {self._timeout:g} s (AURORA_FAILOVER_TIMEOUT); "
             f"last answers: {details}")
+
+
+class Watchdog:
+    """Calls a function when a deadline passes unless disarmed first: one thread for every
+    bounded query (a thread a query would cost more than the query)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Callable[[], object]]] = []
+        self._cancelled: set[int] = set()
+        self._tokens = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def arm(self, timeout: float, action: Callable[[], object]) -> int:
+        with self._cond:
+            token = next(self._tokens)
+            heapq.heappush(self._heap, (time.monotonic() + timeout, token, action))
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="aurora-access-watchdog")
+                self._thread.start()
+            self._cond.notify()
+        return token
+
+    def disarm(self, token: int) -> None:
+        with self._cond:
+            self._cancelled.add(token)
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._closed:
+                        return
+                    if not self._heap:
+                        self._cond.wait()
+                        continue
+                    deadline, token, action = self._heap[0]
+                    if token in self._cancelled:
+                        heapq.heappop(self._heap)
+                        self._cancelled.discard(token)
+                        continue
+                    wait = deadline - time.monotonic()
+                    if wait <= 0:
+                        heapq.heappop(self._heap)
+                        break
+                    self._cond.wait(wait)
+            try:
+                action()
+            except Exception:  # the watchdog must outlive any one action
+                log.exception("watchdog action failed")
