@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import sessionmaker
 
+from .auth import credentials_for
 from .consistency import (
     CommitMark,
     CommitTracker,
@@ -32,7 +33,12 @@ from .consistency import (
     encode_token,
 )
 from .dialects import EngineDialect, for_engine
-from .errors import CommitOutcomeUnknown, NoWriterAvailable, TransactionReplayRequired
+from .errors import (
+    AuroraAccessError,
+    CommitOutcomeUnknown,
+    NoWriterAvailable,
+    TransactionReplayRequired,
+)
 from .failover import ErrorKind, Watchdog, WriterDiscovery
 from .pools import InstancePools
 from .session import RoutingSession
@@ -251,7 +257,10 @@ class Database:
         self.settings = settings
         self.dialect = for_engine(settings.engine)
         self._stats = Stats()
-        self._pools = InstancePools(settings, self.dialect, on_disconnect=self._host_down)
+        self.credentials = credentials_for(
+            settings, on_token=lambda: self._stats.bump("iam_tokens_generated"))
+        self._pools = InstancePools(settings, self.dialect, self.credentials,
+                                    on_disconnect=self._host_down)
         self._router = Router(settings, self.dialect, self._pools, self._stats,
                               self._writer_position)
         self._stop = threading.Event()
@@ -495,6 +504,13 @@ class Database:
                                 s.reader_endpoint, s.port, s.instance_host_pattern,
                                 [*hosts, s.cluster_endpoint])
         except Exception as exc:
+            if known is None and self.dialect.is_auth_failure(getattr(exc, "orig", exc)):
+                how = ("an IAM auth token" if s.iam_auth else
+                       f"secret {s.secret_id}" if s.secret_id else "a password")
+                raise AuroraAccessError(
+                    f"{s.cluster_endpoint}:{s.port} refused the login of user {s.user!r} with "
+                    f"{how}: check AURORA_USER, AURORA_REGION and the IAM policy, the "
+                    "password or the secret") from None
             if known is None:
                 raise NoWriterAvailable(
                     f"no instance of {s.cluster_endpoint}:{s.port} answered as the writer "

@@ -13,15 +13,29 @@ connections in use close when they are returned, so nothing in flight breaks.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import URL, Engine, create_engine, event
 
+from .auth import Credentials
 from .dialects import EngineDialect
 from .settings import Settings
 from .topology import Instance
+
+log = logging.getLogger("aurora_access")
+
+
+def _apply(login: tuple[str | None, str | None], cparams: dict[str, Any]) -> None:
+    user, password = login
+    if user is not None:
+        cparams["user"] = user
+    if password is None:
+        cparams.pop("password", None)
+    else:
+        cparams["password"] = password
 
 
 class InstancePools:
@@ -33,10 +47,11 @@ class InstancePools:
     once instead of at the next topology refresh.
     """
 
-    def __init__(self, settings: Settings, dialect: EngineDialect,
+    def __init__(self, settings: Settings, dialect: EngineDialect, credentials: Credentials,
                  on_disconnect: Callable[[str], None] | None = None) -> None:
         self._settings = settings
         self._dialect = dialect
+        self._credentials = credentials
         self._on_disconnect = on_disconnect
         self._lock = threading.Lock()
         self._engines: dict[tuple[str, int, bool], Engine] = {}
@@ -45,9 +60,10 @@ class InstancePools:
         self._in_use: dict[str, set[Any]] = {}
 
     def _url(self, host: str, port: int) -> URL:
+        # no password in the URL: each new connection asks the credentials (_login)
         s = self._settings
-        return URL.create(self._dialect.drivername, username=s.user, password=s.password,
-                          host=host, port=port, database=s.database)
+        return URL.create(self._dialect.drivername, username=s.user, host=host, port=port,
+                          database=s.database)
 
     def engine(self, instance: Instance) -> Engine:
         """The writer's transactional engine, or a reader's autocommit engine."""
@@ -95,6 +111,20 @@ class InstancePools:
             # nothing to roll back on return in autocommit
             options["pool_reset_on_return"] = None
         engine = create_engine(self._url(host, port), **options)
+        credentials, is_auth_failure = self._credentials, self._dialect.is_auth_failure
+
+        @event.listens_for(engine, "do_connect")
+        def _login(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+            _apply(credentials.login(host, port), cparams)
+            try:
+                return dialect.connect(*cargs, **cparams)
+            except Exception as error:
+                if not is_auth_failure(error) or not credentials.renew(host, port):
+                    raise
+                log.info("login to %s:%s refused; trying once more with fresh credentials",
+                         host, port)
+                _apply(credentials.login(host, port), cparams)
+                return dialect.connect(*cargs, **cparams)
         if self._on_disconnect is not None:
             notify = self._on_disconnect
 

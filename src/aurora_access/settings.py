@@ -505,14 +505,20 @@ def _credentials(values: _Values) -> dict[str, object]:
     if sslrootcert not in (None, "system") and not Path(sslrootcert).is_file():
         raise values.error("sslrootcert", "must be an existing CA bundle file or 'system'",
                            sslrootcert)
+    # RDS IAM authentication requires TLS; verify-full also proves the endpoint's identity.
+    sslmode = values.choice("sslmode", "verify-full" if iam_auth else "prefer")
+    if iam_auth and sslmode == "prefer":
+        raise values.error(
+            "sslmode", "must be require, verify-ca or verify-full with IAM auth (a token must "
+            "not travel in clear; 'disable' is taken only when set on purpose, for a local "
+            "server without TLS)", sslmode)
     return {
         "user": user,
         "password": password,
         "iam_auth": iam_auth,
         "region": region,
         "secret_id": secret_id,
-        # RDS IAM authentication requires TLS; verify-full also proves the endpoint's identity.
-        "sslmode": values.choice("sslmode", "verify-full" if iam_auth else "prefer"),
+        "sslmode": sslmode,
         "sslrootcert": sslrootcert,
     }
 

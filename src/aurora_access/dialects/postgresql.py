@@ -72,6 +72,13 @@ class PostgresDialect:
             return ErrorKind.CONNECTION_LOST
         return ErrorKind.OTHER
 
+    def is_auth_failure(self, error: BaseException) -> bool:
+        """The server refused the login (a wrong or expired password or IAM token; Aurora
+        reports IAM refusals as PAM authentication failures). psycopg gives no SQLSTATE for
+        errors while connecting, so the server's message is what there is."""
+        return isinstance(error, psycopg.OperationalError) and \
+            "authentication failed" in str(error)
+
     def commit_with_marker_sql(self, marker: str) -> str:
         """Insert the marker and commit, in one round trip (no parameters: psycopg then sends
         it as a simple query, which may hold several statements). ``marker`` is our own hex."""

@@ -1,0 +1,155 @@
+"""Credentials: IAM token caching, Secrets Manager with rotation, and an IAM login end to end."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import boto3
+import psycopg
+import pytest
+import time_machine
+from moto import mock_aws
+from sqlalchemy import text
+
+from aurora_access import AuroraAccessError, Database
+from aurora_access.auth import IamTokens, SecretCredentials
+from aurora_access.local import LocalCluster, free_port
+
+FROZEN = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
+
+
+class FakeRds:
+    def __init__(self) -> None:
+        self.calls: Counter[tuple[str, int]] = Counter()
+
+    def generate_db_auth_token(self, DBHostname: str, Port: int, DBUsername: str,
+                               Region: str) -> str:
+        self.calls[(DBHostname, Port)] += 1
+        return f"token-{DBHostname}-{sum(self.calls.values())}"
+
+
+def test_one_token_per_host_per_refresh_period_across_threads() -> None:
+    rds, now = FakeRds(), [1000.0]
+    generated: list[int] = []
+    tokens = IamTokens("app", "us-east-1", refresh_s=600, clock=lambda: now[0],
+                       rds_client=lambda: rds, on_generate=lambda: generated.append(1))
+    hosts = [("a.example.com", 5432), ("b.example.com", 5432), ("c.example.com", 5432)]
+
+    def connect_many(n: int) -> None:
+        for i in range(25):
+            tokens.login(*hosts[(n + i) % 3])
+
+    threads = [threading.Thread(target=connect_many, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(rds.calls.values()) == 3 and len(generated) == 3  # 200 logins, 3 instances
+    first = tokens.token(*hosts[0])
+    now[0] += 599
+    assert tokens.token(*hosts[0]) == first
+    now[0] += 2  # the refresh period is over: new connections get new tokens
+    assert tokens.token(*hosts[0]) != first
+    assert tokens.renew(*hosts[1]) is True  # refused: the next login signs a fresh one
+    tokens.token(*hosts[1])
+    assert rds.calls[hosts[1]] == 2
+    assert "token" not in repr(tokens)
+
+
+def test_real_boto3_tokens_are_local_and_deterministic(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEY000000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example-secret-key-not-real-000000000000")
+    with time_machine.travel(FROZEN, tick=False):
+        a = IamTokens("app", "eu-west-1").token("db.example.com", 5432)
+        b = IamTokens("app", "eu-west-1").token("db.example.com", 5432)
+    assert a == b and a.startswith("db.example.com:5432/?") and "DBUser=app" in a
+    assert "example-secret-key" not in a
+
+
+@pytest.fixture
+def secrets() -> Iterator[object]:
+    with mock_aws():
+        client = boto3.client("secretsmanager", region_name="us-east-1")
+        client.create_secret(Name="shop/db", SecretString=json.dumps(
+            {"username": "shop", "password": "first-password"}))
+        yield client
+
+
+def test_secret_is_read_once_and_again_after_a_refusal(secrets: object) -> None:
+    reads: list[int] = []
+
+    def client() -> object:
+        reads.append(1)
+        return boto3.client("secretsmanager", region_name="us-east-1")
+
+    creds = SecretCredentials("shop/db", "us-east-1", secrets_client=client)
+    assert creds.login("h", 5432) == ("shop", "first-password")
+    assert creds.login("h", 5432) == ("shop", "first-password") and len(reads) == 1
+    boto3.client("secretsmanager", region_name="us-east-1").put_secret_value(
+        SecretId="shop/db", SecretString=json.dumps(
+            {"username": "shop", "password": "rotated-password"}))
+    assert creds.login("h", 5432)[1] == "first-password"  # cached until refused
+    creds._read_at -= 5  # a refusal some time after the read
+    assert creds.renew("h", 5432) is True
+    assert creds.login("h", 5432) == ("shop", "rotated-password") and len(reads) == 2
+    assert "password" not in repr(creds).replace("SecretCredentials", "")
+
+
+def test_secret_errors_name_the_secret_not_its_value(secrets: object) -> None:
+    boto3.client("secretsmanager", region_name="us-east-1").create_secret(
+        Name="broken", SecretString="not json: hunter2")
+    with pytest.raises(AuroraAccessError, match="'broken' is not JSON") as caught:
+        SecretCredentials("broken", "us-east-1").login("h", 5432)
+    assert "hunter2" not in str(caught.value)
+    with pytest.raises(AuroraAccessError, match=r"'missing'.*ResourceNotFoundException"):
+        SecretCredentials("missing", "us-east-1").login("h", 5432)
+
+
+def test_iam_login_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The role's password is the token for this clock: the server accepts exactly that token,
+    as Aurora accepts a valid signature, and refuses any other."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEY000000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example-secret-key-not-real-000000000000")
+    with LocalCluster(readers=0, port=free_port(0)) as cluster, \
+            time_machine.travel(FROZEN, tick=False) as clock:
+        writer = cluster.writer
+
+        def set_password_to_token_at_now() -> None:
+            token = IamTokens(cluster.user, "us-east-1").token(writer.host, cluster.port)
+            with psycopg.connect(host=writer.host, port=cluster.port, user="postgres",
+                                 dbname="postgres", autocommit=True) as admin:
+                admin.execute(psycopg.sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    psycopg.sql.Identifier(cluster.user), psycopg.sql.Literal(token)))
+
+        set_password_to_token_at_now()
+        env = {k: v for k, v in cluster.env().items() if k != "AURORA_PASSWORD"}
+        env.update(AURORA_CLUSTER_ENDPOINT=writer.host, AURORA_IAM_AUTH="true",
+                   AURORA_REGION="us-east-1", AURORA_SSLMODE="disable")
+        db = Database.from_env(env)
+        try:
+            with db.session() as s:
+                s.execute(text("CREATE TABLE IF NOT EXISTS iam_probe (id int)"))
+                s.execute(text("INSERT INTO iam_probe VALUES (1)"))
+            with db.session() as s:
+                assert s.execute(text("SELECT count(*) FROM iam_probe")).scalar() == 1
+            assert db.stats()["iam_tokens_generated"] == 1
+            # five minutes on, the role's password is the token of that moment; a pooled
+            # reconnect first tries the cached token, is refused, and signs a fresh one
+            clock.move_to(FROZEN + timedelta(minutes=5))
+            set_password_to_token_at_now()
+            db.engine("writer").dispose()
+            with db.session() as s:  # a write: a new connection to the writer
+                s.execute(text("INSERT INTO iam_probe VALUES (2)"))
+            assert db.stats()["iam_tokens_generated"] == 2
+        finally:
+            db.close()
+        for bad in ({"AURORA_REGION": "eu-west-3"}, {"AURORA_USER": "someone_else"}):
+            with pytest.raises(AuroraAccessError, match=r"refused the login of user .* with an "
+                               r"IAM auth token: check AURORA_USER, AURORA_REGION") as caught:
+                Database.from_env({**env, **bad}).close()
+            assert "X-Amz-Signature" not in str(caught.value)
+            assert caught.value.__cause__ is None and caught.value.__suppress_context__
