@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -79,7 +80,9 @@ def secrets() -> Iterator[object]:
         yield client
 
 
-def test_secret_is_read_once_and_again_after_a_refusal(secrets: object) -> None:
+def test_secret_is_read_once_and_again_after_a_refusal(
+        secrets: object, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     reads: list[int] = []
 
     def client() -> object:
@@ -97,6 +100,9 @@ def test_secret_is_read_once_and_again_after_a_refusal(secrets: object) -> None:
     assert creds.renew("h", 5432) is True
     assert creds.login("h", 5432) == ("shop", "rotated-password") and len(reads) == 2
     assert "password" not in repr(creds).replace("SecretCredentials", "")
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "read database credentials from secret shop/db" in logged
+    assert "first-password" not in logged and "rotated-password" not in logged
 
 
 def test_secret_errors_name_the_secret_not_its_value(secrets: object) -> None:
@@ -153,3 +159,90 @@ def test_iam_login_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
                 Database.from_env({**env, **bad}).close()
             assert "X-Amz-Signature" not in str(caught.value)
             assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_iam_over_verified_tls_to_every_instance_and_through_a_failover(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Each instance accepts only the token signed for its own host (the role's password is
+    set to it in turn), over verify-full TLS; nothing secret reaches the logs."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEY000000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example-secret-key-not-real-000000000000")
+    caplog.set_level(logging.DEBUG)
+    tokens_seen: list[str] = []
+    with LocalCluster(readers=2, port=free_port(), tls=True) as cluster, \
+            time_machine.travel(FROZEN, tick=False):
+
+        def accept_only_token_of(host: str) -> None:
+            token = IamTokens(cluster.user, "us-east-1").token(host, cluster.port)
+            tokens_seen.append(token)
+            with psycopg.connect(host=cluster.writer.host, port=cluster.port, user="postgres",
+                                 dbname="postgres", autocommit=True) as admin:
+                admin.execute(psycopg.sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    psycopg.sql.Identifier(cluster.user), psycopg.sql.Literal(token)))
+
+        writer = cluster.writer
+        accept_only_token_of(writer.host)
+        env = {k: v for k, v in cluster.env().items() if k != "AURORA_PASSWORD"}
+        env.update(AURORA_CLUSTER_ENDPOINT=writer.host, AURORA_IAM_AUTH="true",
+                   AURORA_REGION="us-east-1")  # sslmode: verify-full, as IAM defaults to
+        db = Database.from_env({**env, "AURORA_TOPOLOGY_REFRESH_S": "0.3"})
+        try:
+            with db.session() as s:
+                s.execute(text("CREATE TABLE iam_tls (id int)"))
+                s.execute(text("INSERT INTO iam_tls VALUES (1)"))
+                assert s.execute(text(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")).scalar()
+            for reader in cluster.readers:
+                accept_only_token_of(reader.host)
+                with db.engine(reader.id).connect() as conn:
+                    row = conn.execute(text(
+                        "SELECT aurora_db_instance_identifier(), pg_is_in_recovery(), "
+                        "(SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), "
+                        "(SELECT count(*) FROM iam_tls)")).one()
+                assert tuple(row) == (reader.id, True, True, 1)
+            report = cluster.failover()
+            new_writer = cluster.writer
+            accept_only_token_of(new_writer.host)
+
+            def write(s: object) -> str:
+                s.execute(text("INSERT INTO iam_tls VALUES (2)"))  # type: ignore[attr-defined]
+                return str(s.execute(text(  # type: ignore[attr-defined]
+                    "SELECT aurora_db_instance_identifier()")).scalar())
+
+            assert db.run_transaction(write, max_attempts=5) == report.new_writer
+            assert db.stats()["iam_tokens_generated"] >= 4  # writer, 2 readers, new writer
+        finally:
+            db.close()
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "token" in logged.lower()  # the token's life is logged...
+    for token in tokens_seen:  # ... never the token
+        assert token not in logged and token.split("X-Amz-Signature=")[1] not in logged
+    assert "X-Amz-Signature" not in logged and "example-secret-key" not in logged
+
+
+def test_database_logs_in_from_a_secret_and_follows_its_rotation(secrets: object) -> None:
+    with LocalCluster(readers=1, port=free_port(1)) as cluster:
+        client = boto3.client("secretsmanager", region_name="us-east-1")
+        client.create_secret(Name="local/app", SecretString=json.dumps(
+            {"username": cluster.user, "password": cluster.password}))
+        env = {k: v for k, v in cluster.env().items()
+               if k not in ("AURORA_PASSWORD", "AURORA_USER")}
+        db = Database.from_env({**env, "AURORA_SECRET_ID": "local/app",
+                                "AURORA_REGION": "us-east-1"})
+        try:
+            with db.session() as s:
+                s.execute(text("CREATE TABLE secret_probe (id int)"))
+            # rotation: the database and the secret change; pooled connections live on,
+            # a new connection is refused with the cached secret, reads it again, gets in
+            with psycopg.connect(host=cluster.writer.host, port=cluster.port, user="postgres",
+                                 dbname="postgres", autocommit=True) as admin:
+                admin.execute(psycopg.sql.SQL("ALTER ROLE {} PASSWORD 'rotated-1'").format(
+                    psycopg.sql.Identifier(cluster.user)))
+            client.put_secret_value(SecretId="local/app", SecretString=json.dumps(
+                {"username": cluster.user, "password": "rotated-1"}))
+            db.credentials._read_at -= 5  # type: ignore[attr-defined]
+            db.engine("writer").dispose()
+            with db.session() as s:
+                s.execute(text("INSERT INTO secret_probe VALUES (1)"))
+        finally:
+            db.close()

@@ -25,6 +25,27 @@ log = logging.getLogger("aurora_access")
 #: IAM tokens live 15 minutes; a cached one is replaced well before that
 IAM_TOKEN_REFRESH_S = 10 * 60.0
 
+# botocore logs, at DEBUG, the canonical request and signature of what it signs (an IAM auth
+# token is such a signature) and the bodies of responses (a secret's value): with DEBUG on, a
+# token or a password would reach the application's logs.
+_SECRET_BEARING_LOGGERS = ("botocore.auth", "botocore.parsers", "botocore.endpoint",
+                           "botocore.hooks", "botocore.retryhandler")
+
+
+class _NoSecretBearingDebug(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG
+
+
+_quiet = _NoSecretBearingDebug()
+
+
+def _silence_botocore_secrets() -> None:
+    for name in _SECRET_BEARING_LOGGERS:
+        logger = logging.getLogger(name)
+        if _quiet not in logger.filters:
+            logger.addFilter(_quiet)
+
 
 class Credentials(Protocol):
     def login(self, host: str, port: int) -> tuple[str | None, str | None]:
@@ -71,6 +92,7 @@ class IamTokens:
         self._on_generate = on_generate
         self._lock = threading.Lock()
         self._tokens: dict[tuple[str, int], tuple[float, str]] = {}
+        _silence_botocore_secrets()
 
     def _boto3_client(self) -> Any:
         import boto3  # noqa: PLC0415 - only where IAM is used
@@ -118,6 +140,7 @@ class SecretCredentials:
         self._lock = threading.Lock()
         self._value: tuple[str, str] | None = None
         self._read_at = 0.0
+        _silence_botocore_secrets()
 
     def _boto3_client(self) -> Any:
         import boto3  # noqa: PLC0415 - only where Secrets Manager is used

@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--endpoint-delay", type=float, default=0.0, metavar="S",
                     help="seconds the cluster endpoint keeps pointing at the old writer")
     up.add_argument("--port", type=int, default=None)
+    up.add_argument("--tls", action="store_true",
+                    help="serve TLS with a CA made for the cluster (AURORA_SSLROOTCERT)")
     for name, text in [("status", "show instances, roles and replica lag"),
                        ("failover", "crash the writer and promote a reader"),
                        ("down", "stop everything the cluster started")]:
@@ -50,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 def _up(args: argparse.Namespace) -> None:
     cluster = LocalCluster(engine=args.engine, readers=args.readers,
                            replica_lag_ms=args.replica_lag_ms, endpoint_delay_s=args.endpoint_delay,
-                           port=args.port, dir=args.dir)
+                           port=args.port, dir=args.dir, tls=args.tls)
     cluster.start()
     cluster.detach()
     for line in cluster.recovered_stale:

@@ -481,15 +481,21 @@ class Database:
     def stats(self) -> dict[str, int]:
         return self._stats.snapshot()
 
-    def engine(self, role: Literal["writer", "reader"]) -> Engine:
-        """A SQLAlchemy Engine on the current writer, or on a reader (the writer if none)."""
+    def engine(self, role: str) -> Engine:
+        """A SQLAlchemy Engine (for Core, Alembic) on the current writer ("writer"), on a
+        reader ("reader"; the writer if there is none), or on one instance by its id."""
         topology = self.topology()
         if role == "writer":
             return self._pools.engine(topology.writer)
         if role == "reader":
             readers = [r for r in topology.readers if r.id not in self._router.unhealthy]
             return self._pools.engine(readers[0] if readers else topology.writer)
-        raise ValueError(f"role must be 'writer' or 'reader', not {role!r}")
+        instances = [topology.writer, *topology.readers]
+        for instance in instances:
+            if instance.id == role:
+                return self._pools.engine(instance)
+        raise ValueError(f"not 'writer', 'reader' nor an instance id of this cluster: {role!r} "
+                         f"(instances: {', '.join(i.id for i in instances)})")
 
     # -- topology -----------------------------------------------------------------------
 

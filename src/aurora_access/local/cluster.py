@@ -42,6 +42,7 @@ from ..topology import Instance, Role
 from . import processes
 from .endpoints import EndpointControl
 from .postgresql import PostgresServers, check_identifier
+from .tls import make_certificates
 
 log = logging.getLogger("aurora_access.local")
 
@@ -127,6 +128,7 @@ class LocalCluster:
         database: str = "app",
         user: str = "app",
         password: str | None = None,
+        tls: bool = False,
     ) -> None:
         if engine != "postgresql":
             raise LocalClusterError(
@@ -144,6 +146,7 @@ class LocalCluster:
         self.database = check_identifier("database", database)
         self.user = check_identifier("user", user)
         self.password = password or secrets.token_urlsafe(18)
+        self.tls = tls
         self.prefix = address_prefix(self.port)
         self._owns_dir = dir is None
         self.dir = Path(dir) if dir is not None else Path(
@@ -199,9 +202,14 @@ class LocalCluster:
                 raise LocalClusterError(f"copying the template {template} into {self.dir} failed")
             writer = self._nodes[0]
             ids = [n.id for n in self._nodes]
+            tls_files = make_certificates(
+                self.dir / "tls", [self.cluster_host, self.reader_host,
+                                   *(n.host for n in self._nodes)], self._server_user,
+            ) if self.tls else None
             for node in self._nodes:
                 self._servers.configure(self._home(node), node.id, node.host, ids, writer.host,
-                                        self.replica_lag_ms, reader=node.role == "reader")
+                                        self.replica_lag_ms, reader=node.role == "reader",
+                                        tls=tls_files)
             for node in self._nodes:
                 self._spawn(node)
             self._save()
@@ -279,6 +287,7 @@ class LocalCluster:
                     shutil.rmtree(self._home(node), ignore_errors=True)
                 for name in (STATE_FILE, "endpoints.json", "endpoints.log"):
                     (self.dir / name).unlink(missing_ok=True)
+                shutil.rmtree(self.dir / "tls", ignore_errors=True)
 
     def detach(self) -> None:
         """Leave the cluster running after this process exits (``aurora-access local up``)."""
@@ -296,7 +305,8 @@ class LocalCluster:
         cluster = cls(engine=state["engine"], readers=0,
                       replica_lag_ms=state["replica_lag_ms"],
                       endpoint_delay_s=state["endpoint_delay_s"], port=state["port"], dir=dir,
-                      database=state["database"], user=state["user"], password=state["password"])
+                      database=state["database"], user=state["user"], password=state["password"],
+                      tls=state.get("tls", False))
         cluster._nodes = [_Node(**n) for n in state["nodes"]]
         cluster._forwarder_pid = state["forwarder_pid"]
         cluster._owns_dir = state.get("owns_dir", False)
@@ -307,6 +317,7 @@ class LocalCluster:
             "engine": self.engine, "port": self.port, "replica_lag_ms": self.replica_lag_ms,
             "endpoint_delay_s": self.endpoint_delay_s, "database": self.database,
             "user": self.user, "password": self.password, "owns_dir": self._owns_dir,
+            "tls": self.tls,
             "forwarder_pid": self._forwarder_pid, "nodes": [asdict(n) for n in self._nodes],
         }
         tmp = self.dir / (STATE_FILE + ".tmp")
@@ -356,7 +367,16 @@ class LocalCluster:
             "AURORA_USER": self.user,
             "AURORA_PASSWORD": self.password,
             "AURORA_INSTANCE_HOST_PATTERN": self.instance_host_pattern,
+            **({"AURORA_SSLMODE": "verify-full", "AURORA_SSLROOTCERT": str(self.ca_cert)}
+               if self.tls else {}),
         }
+
+    @property
+    def ca_cert(self) -> Path:
+        """The CA that signed the instances' certificate (with ``tls=True``)."""
+        if not self.tls:
+            raise LocalClusterError("this cluster was started without tls=True")
+        return self.dir / "tls" / "ca.crt"
 
     def admin_url(self, instance_id: str) -> str:
         """Superuser SQLAlchemy URL of one instance (for tests; no password needed)."""

@@ -33,6 +33,7 @@ import psycopg
 
 from ..errors import LocalClusterError
 from .processes import ServerUser
+from .tls import TlsFiles
 
 DEFAULT_PORT = 15432
 SUPERUSER = "postgres"
@@ -283,7 +284,8 @@ class PostgresServers:
         return self.user.popen(["cp", "-a", template, home / "data"])
 
     def configure(self, home: Path, instance_id: str, host: str, all_ids: list[str],
-                  writer_host: str, replica_lag_ms: int, reader: bool) -> None:
+                  writer_host: str, replica_lag_ms: int, reader: bool,
+                  tls: TlsFiles | None = None) -> None:
         """Write the instance's own settings; a reader gets standby.signal."""
         peers = ", ".join(f'"{i}"' for i in all_ids if i)
         sync = f"ANY 1 ({peers})" if len(all_ids) > 1 else ""
@@ -296,6 +298,9 @@ class PostgresServers:
             f"recovery_min_apply_delay = '{replica_lag_ms}ms'",
             f"primary_conninfo = '{self._primary_conninfo(writer_host, instance_id)}'",
         ]
+        if tls is not None:
+            lines += ["ssl = on", f"ssl_cert_file = '{tls.server_cert}'",
+                      f"ssl_key_file = '{tls.server_key}'"]
         conf = home / "instance.conf"
         conf.write_text("\n".join(lines) + "\n")
         self.user.chown(conf)
