@@ -115,9 +115,11 @@ def test_secret_errors_name_the_secret_not_its_value(secrets: object) -> None:
         SecretCredentials("missing", "us-east-1").login("h", 5432)
 
 
-def test_iam_login_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_iam_login_end_to_end(monkeypatch: pytest.MonkeyPatch,
+                              caplog: pytest.LogCaptureFixture) -> None:
     """The role's password is the token for this clock: the server accepts exactly that token,
     as Aurora accepts a valid signature, and refuses any other."""
+    caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEY000000")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example-secret-key-not-real-000000000000")
     with LocalCluster(readers=0, port=free_port(0)) as cluster, \
@@ -159,6 +161,9 @@ def test_iam_login_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
                 Database.from_env({**env, **bad}).close()
             assert "X-Amz-Signature" not in str(caught.value)
             assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "new IAM auth token" in logged and "refused; trying once more" in logged
+    assert "X-Amz-Signature" not in logged and "example-secret-key" not in logged
 
 
 def test_iam_over_verified_tls_to_every_instance_and_through_a_failover(

@@ -374,6 +374,15 @@ def test_sslmode_defaults_to_verify_full_with_iam_and_prefer_without() -> None:
     assert from_env(SSLMODE="Require").sslmode == "require"
 
 
+def test_iam_tokens_never_travel_in_clear_by_accident() -> None:
+    error = config_error({**MINIMAL, "AURORA_IAM_AUTH": "true", "AURORA_REGION": "us-east-1",
+                          "AURORA_SSLMODE": "prefer"})
+    assert error.variable == "AURORA_SSLMODE"
+    assert "require, verify-ca or verify-full with IAM" in str(error)
+    for mode in ("require", "verify-ca", "verify-full", "disable"):
+        assert from_env(IAM_AUTH="true", REGION="us-east-1", SSLMODE=mode).sslmode == mode
+
+
 def test_sslrootcert_accepts_system() -> None:
     assert from_env(SSLROOTCERT="system").sslrootcert == "system"
 
