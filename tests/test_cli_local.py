@@ -22,15 +22,18 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_up_status_failover_down(shm_dir: Path) -> None:
     port = free_port()
-    up = cli("local", "up", "--dir", str(shm_dir), "--port", str(port), "--readers", "2")
+    up = cli("local", "up", "--dir", str(shm_dir), "--port", str(port), "--readers", "2",
+             "--tls")
     assert up.returncode == 0, up.stderr
     exports = dict(line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines())
     assert exports["AURORA_PORT"] == str(port)
     # the cluster outlives the command that started it
     with psycopg.connect(host=exports["AURORA_CLUSTER_ENDPOINT"], port=port,
                          user=exports["AURORA_USER"], password=exports["AURORA_PASSWORD"],
-                         dbname=exports["AURORA_DATABASE"]) as conn:
+                         dbname=exports["AURORA_DATABASE"], sslmode=exports["AURORA_SSLMODE"],
+                         sslrootcert=exports["AURORA_SSLROOTCERT"]) as conn:
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
+    assert exports["AURORA_SSLMODE"] == "verify-full"
     state = json.loads((shm_dir / "state.json").read_text())
     pids = [state["forwarder_pid"]] + [n["pid"] for n in state["nodes"]]
 
