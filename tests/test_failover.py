@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -203,3 +204,29 @@ def test_a_paused_writer_is_noticed_within_the_bound(cluster: LocalCluster) -> N
     with db.writer() as s:  # the same writer, found again once it answers
         assert s.execute(WHO).one() == (writer.id, False)
     db.close()
+
+
+def test_a_paused_reader_costs_a_bounded_wait_and_no_error(cluster: LocalCluster) -> None:
+    """A read hung on it is cut after the hung timeout (+ one refresh) and retried elsewhere; a
+    read that has to open a connection to it waits for the connect timeout instead."""
+    env = {**cluster.env(), "AURORA_HUNG_TIMEOUT_S": "1", "AURORA_TOPOLOGY_REFRESH_S": "0.3",
+           "AURORA_CONNECT_TIMEOUT": "2"}
+    db = Database.from_env(env)
+    victim = cluster.readers[0]
+    try:
+        with db.session() as s:  # both readers have pooled connections
+            for _ in range(4):
+                s.execute(WHO).one()
+        cluster.pause(victim.id)
+        slowest, where = 0.0, Counter[str]()
+        for _ in range(30):
+            began = time.monotonic()
+            with db.session() as s:
+                where[s.execute(WHO).one()[0]] += 1
+            slowest = max(slowest, time.monotonic() - began)
+        assert where[victim.id] == 0 and sum(where.values()) == 30
+        assert slowest <= max(2, 1 + 0.3) + 1.0  # connect or hung timeout + refresh, + slack
+        print(f"\npaused reader: slowest read {slowest:.2f} s, then {dict(where)}")
+    finally:
+        cluster.resume(victim.id)
+        db.close()

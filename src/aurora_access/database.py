@@ -81,13 +81,15 @@ class Router:
 
     def __init__(self, settings: Settings, dialect: EngineDialect, pools: InstancePools,
                  stats: Stats,
-                 observe_writer_position: Callable[[], int | None] = lambda: None) -> None:
+                 observe_writer_position: Callable[[], int | None] = lambda: None,
+                 replica_position: Callable[[Instance], int | None] = lambda r: None) -> None:
         self.settings = settings
         self.dialect = dialect
         self.pools = pools
         self.stats = stats
         self.commits = CommitTracker()
         self.writer_positions = WriterPositions(observe_writer_position)
+        self.replica_position = replica_position  # raises if the reader does not answer
         self.replica_positions = ReplicaPositions()
         self.topology: Topology | None = None
         self.writer_engine: Engine | None = None  # the current writer's, kept at hand
@@ -212,9 +214,7 @@ class Router:
 
     def _replica_reached(self, reader: Instance, needed: int) -> bool:
         try:
-            with self.pools.engine(reader).connect() as conn:
-                position = self.dialect.parse_position(
-                    conn.exec_driver_sql(self.dialect.replica_position_sql).scalar())
+            position = self.replica_position(reader)
         except Exception as exc:
             log.warning("reader %s did not answer its replay position: %s", reader.id,
                         type(exc).__name__)
@@ -262,7 +262,7 @@ class Database:
         self._pools = InstancePools(settings, self.dialect, self.credentials,
                                     on_disconnect=self._host_down)
         self._router = Router(settings, self.dialect, self._pools, self._stats,
-                              self._writer_position)
+                              self._writer_position, self._replica_position)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._watchdog = Watchdog()
@@ -637,6 +637,11 @@ class Database:
             log.warning("could not read the writer's position: %s", type(exc).__name__)
             return None
 
+    def _replica_position(self, reader: Instance) -> int | None:
+        """How far ``reader`` has replayed; raises if it does not answer in time."""
+        return self.dialect.parse_position(
+            self._query(reader.host, self.dialect.replica_position_sql)[0][0])
+
     def _refresh_positions(self) -> None:
         topology = self._router.topology
         if topology is None:
@@ -649,10 +654,11 @@ class Database:
         healthy: set[str] = set()
         for reader in topology.readers:
             try:
-                replayed = self.dialect.parse_position(
-                    self._query(reader.host, self.dialect.replica_position_sql)[0][0])
+                replayed = self._replica_position(reader)
             except Exception as exc:
                 log.debug("reader %s did not answer: %s", reader.id, type(exc).__name__)
+                if isinstance(exc, DBAPIError) and self.dialect.classify(exc).instance_failed:
+                    self._pools.abort_in_use(reader.host)  # reads hung on it fail now
                 continue
             self._router.replica_positions.update(reader.id, replayed)
             healthy.add(reader.id)
