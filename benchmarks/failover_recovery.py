@@ -1,6 +1,6 @@
 """Failover recovery, side by side: crash to the first write committed on the new writer.
 
-Run: .venv/bin/python benchmarks/failover_recovery.py [--trials 5] [--endpoint-delay 5]
+Run: .venv/bin/python benchmarks/failover_recovery.py [--trials 5] [--endpoint-delay 5] [--hang]
 
 One local cluster (1 writer, 2 readers, the cluster endpoint's DNS lagging ``--endpoint-delay``
 seconds behind a failover, as on Aurora). Three clients write at the same time, each in its own
@@ -16,7 +16,9 @@ thread, each committing ``UPDATE ... RETURNING aurora_db_instance_identifier()``
   to the demoted writer answers pings and fails every write read-only, for good.
 
 Each trial crashes the writer (``LocalCluster.failover``) and measures, per client, the time from
-the crash to its first commit that reports the new writer's id. Medians over the trials.
+the crash to its first commit that reports the new writer's id. Medians over the trials. With
+``--hang`` the old writer is frozen instead of crashed (a host that stops answering without
+closing connections), and crashed and rejoined after the trial.
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--endpoint-delay", type=float, default=5.0)
+    parser.add_argument("--hang", action="store_true",
+                        help="freeze the old writer instead of crashing it")
     args = parser.parse_args()
 
     with LocalCluster(readers=2, endpoint_delay_s=args.endpoint_delay,
@@ -123,7 +127,7 @@ def main() -> None:
         for trial in range(args.trials):
             time.sleep(2.0)  # steady state, every client committing
             crashed_at = time.monotonic()
-            report = cluster.failover()
+            report = cluster.failover(hang_old_writer=args.hang)
             deadline = crashed_at + args.endpoint_delay + 20
             while time.monotonic() < deadline and any(
                     c.recovered_after(crashed_at, report.new_writer) is None for c in clients):
@@ -134,6 +138,9 @@ def main() -> None:
             print(f"trial {trial + 1}: {report}; " + "; ".join(
                 f"{c.name.split(' ')[0]} {_fmt(results[c.name][-1])}" for c in clients),
                 flush=True)
+            if args.hang:  # the frozen old writer comes back as a reader for the next trial
+                cluster.crash(report.old_writer)
+                cluster.rejoin(report.old_writer)
         for client in clients:
             client.stop.set()
         for client in clients:

@@ -462,18 +462,35 @@ class LocalCluster:
             self._save()
         return time.monotonic() - began
 
-    def failover(self, wait_for_old_writer: bool = True) -> FailoverReport:
+    def failover(self, wait_for_old_writer: bool = True,
+                 hang_old_writer: bool = False) -> FailoverReport:
         """Crash the writer, promote the most advanced reader, repoint the other readers and
         the endpoints, and bring the old writer back as a reader.
 
         Returns once the new writer has committed a write and (unless
         ``wait_for_old_writer=False``) the old writer streams as a reader. Raises
         LocalClusterError if no running reader can be promoted.
+
+        ``hang_old_writer=True``: the old writer is frozen (``pause``) instead of crashed and
+        left so, as a host that stopped answering without closing its connections; clients
+        must notice it by themselves. ``crash(id)`` and ``rejoin(id)`` bring it back later.
         """
         with self._lock:
             old = self._writer_node()
             began = time.monotonic()
-            self._kill(old)
+            if hang_old_writer:
+                if old.pid is None or old.state != "running":
+                    raise LocalClusterError(f"the writer {old.id} is {old.state}, not running")
+                if sum(n.state == "running" for n in self.reader_nodes) < 2:
+                    raise LocalClusterError(
+                        "hang_old_writer needs two running readers: one to promote and one to "
+                        "be the new writer's synchronous standby")
+                processes.signal_all([old.pid, *processes.descendants(old.pid)],
+                                     signal.SIGSTOP)
+                old.state = "paused"
+                wait_for_old_writer = False
+            else:
+                self._kill(old)
             candidates = [n for n in self.reader_nodes if n.state == "running"]
             positions = self._parallel(
                 [partial(self._servers.receive_position, n.host) for n in candidates])
@@ -499,7 +516,7 @@ class LocalCluster:
                 self._servers.probe_write(new.host)
                 writable_s = time.monotonic() - began
             back_s: float | None = None
-            if wait_for_old_writer or not others:
+            if wait_for_old_writer or (not others and not hang_old_writer):
                 self._servers.rewind(self._home(old), old.id, new.host)
                 self._spawn(old)
                 self._servers.wait_ready(self._home(old), old.host, deadline)
