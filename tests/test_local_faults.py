@@ -177,3 +177,17 @@ def test_endpoint_delay_keeps_the_cluster_endpoint_on_the_old_writer() -> None:
         time.sleep(max(0.0, 4.1 - (time.monotonic() - switched)))
         with app(c, c.cluster_host) as conn:
             assert scalar(conn, "SELECT aurora_db_instance_identifier()") == c.writer.id
+
+
+def test_failover_can_leave_the_old_writer_hung(cluster: LocalCluster) -> None:
+    old = cluster.writer
+    report = cluster.failover(hang_old_writer=True)
+    assert report.old_writer_back_s is None and cluster.state(old.id) == "paused"
+    with pytest.raises(psycopg.OperationalError, match="timeout"):
+        admin(cluster, old.host, timeout=2).close()
+    with app(cluster, cluster.writer.host) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS after_hang (id int)")
+    cluster.crash(old.id)
+    cluster.rejoin(old.id)
+    with admin(cluster, old.host) as conn:
+        assert scalar(conn, "SELECT pg_is_in_recovery()") is True
