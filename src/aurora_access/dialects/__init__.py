@@ -16,11 +16,9 @@ from .postgresql import PostgresDialect
 class EngineDialect(Protocol):
     name: str
     drivername: str
-    #: instance id, is writer, replica lag in ms (Aurora's metadata); None: not on Aurora
+    #: rows of (instance id, is writer, replica lag in ms) from Aurora's metadata
     topology_sql: str
-    has_topology_sql: str
     is_reader_sql: str
-    instance_id_sql: str
     writer_position_sql: str
     replica_position_sql: str
     is_writer_sql: str

@@ -31,11 +31,7 @@ class PostgresDialect:
         "WHERE session_id = 'MASTER_SESSION_ID' OR last_update_timestamp IS NULL "
         "OR last_update_timestamp > now() - interval '300 seconds'"
     )
-    has_topology_sql = (
-        "SELECT to_regprocedure('pg_catalog.aurora_replica_status()') IS NOT NULL"
-    )
     is_reader_sql = "SELECT pg_is_in_recovery()"
-    instance_id_sql = "SELECT pg_catalog.aurora_db_instance_identifier()"
     # Read after COMMIT returns, this covers the commit (synchronous_commit must not be off).
     writer_position_sql = "SELECT pg_current_wal_lsn()"
     # NULL on a writer; on a reader, what it has replayed and so what a new snapshot sees.
