@@ -273,8 +273,13 @@ class Database:
         self._markers_ready = False
         self.sessionmaker: sessionmaker[RoutingSession] = sessionmaker(
             class_=RoutingSession, router=self._router)
-        self.refresh_topology()
-        self._router.lag_mode = not self._positions_supported()
+        try:
+            self.refresh_topology()
+            self._router.lag_mode = not self._positions_supported()
+        except BaseException:
+            self._watchdog.close()  # leave no thread or connection behind a failed start
+            self._pools.dispose()
+            raise
         self._monitor = threading.Thread(target=self._monitor_loop, daemon=True,
                                          name="aurora-access-topology")
         self._monitor.start()
