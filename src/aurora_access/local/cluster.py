@@ -149,8 +149,9 @@ class LocalCluster:
         self.tls = tls
         self.prefix = address_prefix(self.port)
         self._owns_dir = dir is None
-        self.dir = Path(dir) if dir is not None else Path(
-            tempfile.mkdtemp(prefix="aurora-local-", dir=default_runtime_root()))
+        # made by start(), so a cluster that is never started leaves nothing behind
+        self.dir = Path(dir) if dir is not None else (
+            default_runtime_root() / f"aurora-local-{secrets.token_hex(6)}")
         self.cluster_host = f"{self.prefix}.{CLUSTER_ENDPOINT_OCTET}"
         self.reader_host = f"{self.prefix}.{READER_ENDPOINT_OCTET}"
         self._nodes = [
@@ -228,9 +229,11 @@ class LocalCluster:
         return self
 
     def _prepare_dir(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
         if self._owns_dir:
-            self.dir.chmod(0o755)
+            self.dir.mkdir(mode=0o755)
+            self.dir.chmod(0o755)  # whatever the umask: the server user must get in
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
         if not self._server_user.can_enter(self.dir):
             raise LocalClusterError(
                 f"the server user {self._server_user.name!r} cannot enter {self.dir} (or one "

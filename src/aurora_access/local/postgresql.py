@@ -55,6 +55,8 @@ wal_retrieve_retry_interval = '50ms'
 wal_receiver_status_interval = '1s'
 max_connections = 300
 shared_buffers = '32MB'
+# segments in PGDATA, removed with it, instead of /dev/shm files a crash would leave behind
+dynamic_shared_memory_type = mmap
 password_encryption = 'scram-sha-256'
 log_min_messages = warning
 log_line_prefix = '%m [%p] '
