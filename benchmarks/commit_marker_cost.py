@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import threading
 import time
 from collections.abc import Callable
 
-from aurora_access import Database, RoutingSession
-from aurora_access.demo.models import Customer
-from aurora_access.demo.shop import create_schema, seed
-from aurora_access.local import LocalCluster, free_port
+from aurora_access import RoutingSession
+from workload import in_fresh_thread, rename_customer, shop
 
 
 def main() -> None:
@@ -27,19 +24,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--ops", type=int, default=200)
     args = parser.parse_args()
-    with LocalCluster(readers=1, port=free_port(1)) as cluster:
-        db = Database.from_env(cluster.env())
-        create_schema(db.engine("writer"))
-        with db.writer() as s:
-            seed(s)
+    with shop() as (_, db):
         with_marker = db.dialect.commit_with_marker_sql
 
         def rename(i: int) -> Callable[[RoutingSession], None]:
-            def work(s: RoutingSession) -> None:
-                customer = s.get(Customer, i % 50 + 1, with_for_update=True)
-                assert customer is not None
-                customer.name = f"n{i}"
-            return work
+            return lambda s: rename_customer(s, i % 50 + 1, f"n{i}")
 
         def marked(i: int) -> None:
             db.run_transaction(rename(i))
@@ -74,10 +63,7 @@ def main() -> None:
                     samples[name].append(((time.thread_time() - cpu) / args.ops,
                                           (time.perf_counter() - wall) / args.ops))
 
-        thread = threading.Thread(target=run)
-        thread.start()
-        thread.join()
-        db.close()
+        in_fresh_thread(run)
     print("| case | client CPU us/write | wall us/write |")
     print("|---|---|---|")
     for name, values in samples.items():

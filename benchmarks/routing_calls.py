@@ -12,16 +12,13 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
-import threading
 from collections.abc import Callable
 
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from aurora_access import Database
-from aurora_access.demo.models import Customer, Product
-from aurora_access.demo.shop import create_schema, seed
-from aurora_access.local import LocalCluster, free_port
+from aurora_access.demo.models import Product
+from workload import in_fresh_thread, rename_customer, shop
 
 
 def calls_per_op(op: Callable[[int], object], ops: int) -> float:
@@ -39,11 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ops", type=int, default=300)
     args = parser.parse_args()
-    with LocalCluster(readers=1, port=free_port(1)) as cluster:
-        db = Database.from_env(cluster.env())
-        create_schema(db.engine("writer"))
-        with db.writer() as s:
-            seed(s)
+    with shop() as (cluster, db):
         reader = create_engine(cluster.app_url(cluster.readers[0].host))
         writer = create_engine(cluster.app_url(cluster.writer.host))
 
@@ -57,28 +50,16 @@ def main() -> None:
 
         def plain_write(i: int) -> None:
             with Session(writer) as s:
-                customer = s.get(Customer, i % 50 + 1, with_for_update=True)
-                assert customer is not None
-                customer.name = f"p{i}"
+                rename_customer(s, i % 50 + 1, f"p{i}")
                 s.commit()
 
         def routed_write(i: int) -> None:
             with db.session() as s:
-                customer = s.get(Customer, i % 50 + 1, with_for_update=True)
-                assert customer is not None
-                customer.name = f"r{i}"
+                rename_customer(s, i % 50 + 1, f"r{i}")
 
-        counts: dict[str, float] = {}
-
-        def run() -> None:  # a fresh context, as a request would have
-            for name, op in [("read, plain", plain_read), ("read, routed", routed_read),
-                             ("write, plain", plain_write), ("write, routed", routed_write)]:
-                counts[name] = calls_per_op(op, args.ops)
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        thread.join()
-        db.close()
+        ops = [("read, plain", plain_read), ("read, routed", routed_read),
+               ("write, plain", plain_write), ("write, routed", routed_write)]
+        counts = in_fresh_thread(lambda: {name: calls_per_op(op, args.ops) for name, op in ops})
     print("| operation | Python calls, plain | Python calls, routed | routed / plain |")
     print("|---|---|---|---|")
     for kind in ("read", "write"):

@@ -9,23 +9,20 @@ statement, and opening + closing an empty ``db.session()`` against a plain ``Ses
 from __future__ import annotations
 
 import argparse
-import threading
 import time
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from aurora_access import Database
 from aurora_access.demo.models import Product
-from aurora_access.local import LocalCluster, free_port
+from workload import in_fresh_thread, shop
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=50000)
     args = parser.parse_args()
-    with LocalCluster(readers=1, port=free_port(1)) as cluster:
-        db = Database.from_env(cluster.env())
+    with shop() as (_, db):
         reader_engine = db.engine("reader")
 
         def run() -> None:
@@ -49,10 +46,7 @@ def main() -> None:
             plain = (time.thread_time() - began) / (n // 10) * 1e6
             print(f"open + close: db.session() {routed:.1f} us, plain Session {plain:.1f} us")
 
-        thread = threading.Thread(target=run)  # a fresh context, as a request would have
-        thread.start()
-        thread.join()
-        db.close()
+        in_fresh_thread(run)  # a fresh context, as a request would have
 
 
 if __name__ == "__main__":

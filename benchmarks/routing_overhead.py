@@ -29,37 +29,32 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 from aws_advanced_python_wrapper import AwsWrapperConnection
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from aurora_access import Database
 from aurora_access.demo.models import Customer, Product
-from aurora_access.demo.shop import create_schema, seed
-from aurora_access.local import LocalCluster, free_port
+from aurora_access.local import LocalCluster
+from workload import in_fresh_thread, rename_customer, shop
 
 Op = Callable[[int], object]
 
 
-def in_fresh_thread(op: Op, ops: int) -> tuple[float, float]:
+def timed(op: Op, ops: int) -> tuple[float, float]:
     """Wall-clock and client-CPU seconds per operation, in a new thread (a new context)."""
-    result: list[tuple[float, float]] = []
 
-    def run() -> None:
+    def run() -> tuple[float, float]:
         began, cpu = time.perf_counter(), time.thread_time()
         for i in range(ops):
             op(i)
-        result.append(((time.perf_counter() - began) / ops, (time.thread_time() - cpu) / ops))
+        return (time.perf_counter() - began) / ops, (time.thread_time() - cpu) / ops
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    return result[0]
+    return in_fresh_thread(run)
 
 
 def main() -> None:
@@ -68,12 +63,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
 
-    with LocalCluster(readers=1, port=free_port(1)) as cluster:
-        env = cluster.env()
-        db = Database.from_env(env)
-        create_schema(db.engine("writer"))
-        with db.writer() as s:
-            seed(s, products=100, customers=100)
+    with shop(products=100, customers=100) as (cluster, db):
         time.sleep(0.2)
         reader = cluster.readers[0]
         reader_engine = create_engine(cluster.app_url(reader.host))
@@ -109,28 +99,17 @@ def main() -> None:
             peer.commit()
             return row
 
-        def plain_write(i: int) -> object:
+        def plain_write(i: int) -> None:
             with Session(writer_engine) as s:
-                customer = s.get(Customer, i % 100 + 1, with_for_update=True)
-                assert customer is not None
-                customer.name = f"plain {i}"
+                rename_customer(s, i % 100 + 1, f"plain {i}")
                 s.commit()
-            return customer
 
-        def routed_write(i: int) -> object:
+        def routed_write(i: int) -> None:
             with db.session() as s:
-                customer = s.get(Customer, i % 100 + 1, with_for_update=True)
-                assert customer is not None
-                customer.name = f"routed {i}"
-            return customer
+                rename_customer(s, i % 100 + 1, f"routed {i}")
 
-        def marked_write(i: int) -> object:
-            def rename(s: Session) -> None:
-                customer = s.get(Customer, i % 100 + 1, with_for_update=True)
-                assert customer is not None
-                customer.name = f"marked {i}"
-
-            return db.run_transaction(rename)
+        def marked_write(i: int) -> None:
+            db.run_transaction(lambda s: rename_customer(s, i % 100 + 1, f"marked {i}"))
 
         def routed_write_then_read(i: int) -> object:
             routed_write(i)
@@ -151,19 +130,18 @@ def main() -> None:
             "write then read, routed (read-your-writes)": routed_write_then_read,
         }
         for op in cases.values():  # warm up: connections, prepared statements, caches
-            in_fresh_thread(op, 50)
+            timed(op, 50)
         timings: dict[str, list[float]] = {name: [] for name in cases}
         cpu: dict[str, list[float]] = {name: [] for name in cases}
         order = list(cases)
         for _ in range(args.rounds):
             random.shuffle(order)  # no case always runs right after another
             for name in order:
-                wall, used = in_fresh_thread(cases[name], args.ops)
+                wall, used = timed(cases[name], args.ops)
                 timings[name].append(wall)
                 cpu[name].append(used)
         stats = db.stats()
         peer.close()
-        db.close()
 
     median = {name: statistics.median(values) for name, values in timings.items()}
     median_cpu = {name: statistics.median(values) for name, values in cpu.items()}
@@ -174,7 +152,7 @@ def main() -> None:
     for name, value in median.items():
         print(f"| {name} | {value * 1e6:.0f} | {value / base:.2f} | "
               f"{median_cpu[name] * 1e6:.0f} |")
-    raw, plain, auto, routed, peer, plain_w, routed_w, marked_w, _ = median.values()
+    _, plain, auto, routed, peer, plain_w, routed_w, marked_w, _ = median.values()
     print()
     print(f"routed read / plain read: {routed / plain:.2f} (target <= 0.6)")
     print(f"routed read / plain read on an AUTOCOMMIT engine: {routed / auto:.2f}")
@@ -185,7 +163,7 @@ def main() -> None:
     print(f"stats: {stats}")
 
 
-def _peer_wrapper(cluster: LocalCluster) -> object:
+def _peer_wrapper(cluster: LocalCluster) -> Any:
     conninfo, properties = cluster.peer_wrapper_args()
     conn = AwsWrapperConnection.connect(
         psycopg.Connection.connect, conninfo, plugins="read_write_splitting,failover_v2",
