@@ -174,18 +174,14 @@ class InstancePools:
             engines = [self._engines.pop(k) for k in gone]
             for key in [k for k in self._snapshot if k[0] == host]:
                 del self._snapshot[key]
+            self._in_use.pop(host, None)
         for engine in engines:
             engine.dispose()
 
     def retain(self, hosts: set[str]) -> None:
         """Dispose the engines of hosts no longer in the topology (nor endpoints)."""
-        with self._lock:
-            gone = [k for k in self._engines if k[0] not in hosts]
-            engines = [self._engines.pop(k) for k in gone]
-            for host, port, _ in gone:
-                self._snapshot.pop((host, port), None)
-        for engine in engines:
-            engine.dispose()
+        for host in {key[0] for key in list(self._engines)} - hosts:
+            self.discard(host)
 
     def dispose(self) -> None:
         with self._lock:

@@ -271,13 +271,10 @@ class LocalCluster:
             for node in self._nodes:
                 if node.pid and processes.is_alive(node.pid):
                     processes.signal_all([node.pid], self._servers.crash_signal)
-                    processes.signal_all([node.pid, *processes.descendants(node.pid)],
-                                         signal.SIGCONT)
-            for node in self._nodes:
-                if node.pid and not processes.wait_exit(node.pid, 10):
-                    processes.signal_all([node.pid, *processes.descendants(node.pid)],
-                                         signal.SIGKILL)
-                    processes.wait_exit(node.pid, 5)
+                    processes.signal_tree(node.pid, signal.SIGCONT)
+            for node in self._nodes:  # all signalled first: they stop in parallel
+                if node.pid:
+                    processes.wait_or_kill(node.pid)
                 node.pid, node.state = None, "stopped"
             for child in self._children.values():
                 with contextlib.suppress(Exception):
@@ -428,7 +425,7 @@ class LocalCluster:
         with self._lock:
             node = self._node(instance_id)
             if node.pid and processes.is_alive(node.pid):
-                processes.signal_all([node.pid, *processes.descendants(node.pid)], signal.SIGCONT)
+                processes.signal_tree(node.pid, signal.SIGCONT)
                 processes.signal_all([node.pid], self._servers.stop_signal)
                 if not processes.wait_exit(node.pid, 30):
                     raise LocalClusterError(f"instance {node.id} did not stop within 30 s")
@@ -445,11 +442,7 @@ class LocalCluster:
         are accepted by the kernel and then get no answer."""
         began = time.monotonic()
         with self._lock:
-            node = self._node(instance_id)
-            if node.state != "running" or node.pid is None:
-                raise LocalClusterError(f"instance {node.id} is {node.state}, not running")
-            processes.signal_all([node.pid, *processes.descendants(node.pid)], signal.SIGSTOP)
-            node.state = "paused"
+            self._freeze(self._node(instance_id))
             self._save()
         return time.monotonic() - began
 
@@ -460,7 +453,7 @@ class LocalCluster:
             node = self._node(instance_id)
             if node.state != "paused" or node.pid is None:
                 raise LocalClusterError(f"instance {node.id} is {node.state}, not paused")
-            processes.signal_all([node.pid, *processes.descendants(node.pid)], signal.SIGCONT)
+            processes.signal_tree(node.pid, signal.SIGCONT)
             node.state = "running"
             self._save()
         return time.monotonic() - began
@@ -482,15 +475,11 @@ class LocalCluster:
             old = self._writer_node()
             began = time.monotonic()
             if hang_old_writer:
-                if old.pid is None or old.state != "running":
-                    raise LocalClusterError(f"the writer {old.id} is {old.state}, not running")
                 if sum(n.state == "running" for n in self.reader_nodes) < 2:
                     raise LocalClusterError(
                         "hang_old_writer needs two running readers: one to promote and one to "
                         "be the new writer's synchronous standby")
-                processes.signal_all([old.pid, *processes.descendants(old.pid)],
-                                     signal.SIGSTOP)
-                old.state = "paused"
+                self._freeze(old)
                 wait_for_old_writer = False
             else:
                 self._kill(old)
@@ -575,16 +564,20 @@ class LocalCluster:
         self._children[child.pid] = child
         node.pid, node.state = child.pid, "running"
 
+    def _freeze(self, node: _Node) -> None:
+        if node.state != "running" or node.pid is None:
+            raise LocalClusterError(f"instance {node.id} is {node.state}, not running")
+        processes.signal_tree(node.pid, signal.SIGSTOP)
+        node.state = "paused"
+
     def _kill(self, node: _Node) -> None:
         if node.pid is None or not processes.is_alive(node.pid):
             node.state = "crashed"
             return
         processes.signal_all([node.pid], self._servers.crash_signal)
         if node.state == "paused":
-            processes.signal_all([node.pid, *processes.descendants(node.pid)], signal.SIGCONT)
-        if not processes.wait_exit(node.pid, 10):
-            processes.signal_all([node.pid, *processes.descendants(node.pid)], signal.SIGKILL)
-            processes.wait_exit(node.pid, 5)
+            processes.signal_tree(node.pid, signal.SIGCONT)
+        processes.wait_or_kill(node.pid)
         self._children.pop(node.pid, None)
         node.state = "crashed"
 

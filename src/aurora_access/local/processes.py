@@ -168,6 +168,18 @@ def signal_all(pids: Iterable[int], sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
+def wait_or_kill(pid: int, timeout: float = 10.0) -> None:
+    """Wait for ``pid`` to exit; past ``timeout``, SIGKILL it and everything below it."""
+    if not wait_exit(pid, timeout):
+        signal_tree(pid, signal.SIGKILL)
+        wait_exit(pid, 5)
+
+
+def signal_tree(pid: int, sig: signal.Signals) -> None:
+    """Signal ``pid`` and every process below it (a server and its backends)."""
+    signal_all([pid, *descendants(pid)], sig)
+
+
 def check_free(host: str, port: int) -> None:
     """Raise LocalClusterError if ``host:port`` cannot be listened on."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
