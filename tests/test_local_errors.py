@@ -13,7 +13,7 @@ import pytest
 from aurora_access import LocalClusterError
 from aurora_access.local import LocalCluster, free_port
 from aurora_access.local.cluster import address_prefix
-from aurora_access.local.processes import descendants
+from aurora_access.local.processes import descendants, signal_all
 
 
 def test_missing_postgresql_binaries_say_how_to_install_them(
@@ -52,8 +52,8 @@ def test_a_stale_directory_from_a_crashed_run_is_recovered(shm_dir: Path) -> Non
     # the controlling process "dies": everything it started is killed, its files stay behind
     state = json.loads((shm_dir / "state.json").read_text())
     pids = [state["forwarder_pid"]] + [n["pid"] for n in state["nodes"]]
-    for pid in pids + [d for p in pids for d in descendants(p)]:
-        os.kill(pid, signal.SIGKILL)
+    # a short-lived child (a walsender, an autovacuum worker) may be gone already
+    signal_all(pids + [d for p in pids for d in descendants(p)], signal.SIGKILL)
     for pid in pids:
         os.waitpid(pid, 0)
     with LocalCluster(readers=1, port=port, dir=shm_dir) as fresh:
