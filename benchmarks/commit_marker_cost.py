@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=200)
     args = parser.parse_args()
     with shop() as (_, db):
-        with_marker = db.dialect.commit_with_marker_sql
+        with_marker = db.dialect.commit_with_marker_statements
 
         def rename(i: int) -> Callable[[RoutingSession], None]:
             return lambda s: rename_customer(s, i % 50 + 1, f"n{i}")
@@ -34,11 +34,12 @@ def main() -> None:
             db.run_transaction(rename(i))
 
         def unmarked(i: int) -> None:
-            db.dialect.commit_with_marker_sql = lambda marker: "COMMIT"  # type: ignore[method-assign]
+            db.dialect.commit_with_marker_statements = (  # type: ignore[method-assign]
+                lambda marker: ["COMMIT"])
             try:
                 db.run_transaction(rename(i))
             finally:
-                db.dialect.commit_with_marker_sql = with_marker  # type: ignore[method-assign]
+                db.dialect.commit_with_marker_statements = with_marker  # type: ignore[method-assign]
 
         def session_block(i: int) -> None:
             with db.session() as s:

@@ -99,18 +99,18 @@ def test_commit_outcomes_are_read_on_the_new_writer(db: Database, cluster: Local
 def test_a_commit_cut_off_is_resolved_and_replayed(
         db: Database, cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
     runs: list[str] = []
-    commit_sql = db.dialect.commit_with_marker_sql
+    commit_statements = db.dialect.commit_with_marker_statements
 
-    def fail_over_first(marker: str) -> str:
+    def fail_over_first(marker: str) -> list[str]:
         if len(runs) == 1:  # the writer goes away right before INSERT marker + COMMIT is sent
             cluster.failover(wait_for_old_writer=False)
-        return commit_sql(marker)
+        return commit_statements(marker)
 
     def order(s: RoutingSession) -> str:
         runs.append(s.execute(WHO).one()[0])
         return place_order(s, customer_id=5, items={5: 1}, order_id=f"cut-{len(runs)}")
 
-    monkeypatch.setattr(db.dialect, "commit_with_marker_sql", fail_over_first)
+    monkeypatch.setattr(db.dialect, "commit_with_marker_statements", fail_over_first)
     crashed_writer = cluster.writer.id
     order_id = db.run_transaction(order)
     assert order_id == "cut-2" and runs[0] == crashed_writer != runs[1]

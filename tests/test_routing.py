@@ -35,6 +35,8 @@ class Product(Base):
     sa.text("EXPLAIN SELECT 1"),
     sa.text("(SELECT 1) UNION (SELECT 2);"),
     sa.text("SELECT $$ insert into x $$ AS dollar_quoted"),
+    sa.text("SHOW TABLES"),
+    sa.text("SELECT @@version, sleep(0)"),
 ])
 def test_reads_go_to_a_reader(statement: object) -> None:
     assert statement_route(statement) is Route.READER
@@ -58,6 +60,14 @@ def test_reads_go_to_a_reader(statement: object) -> None:
     sa.text("CREATE TABLE t (id int)"),
     sa.text("EXPLAIN ANALYZE DELETE FROM products"),
     sa.text("CALL restock()"),
+    # MySQL / MariaDB
+    sa.text("REPLACE INTO products (id, name) VALUES (1, 'x')"),
+    sa.text("SELECT id INTO @last FROM products LIMIT 1"),
+    sa.text("SELECT NEXT VALUE FOR order_seq"),
+    sa.text("SELECT LAST_INSERT_ID()"),
+    sa.text("SELECT found_rows()"),
+    sa.text("SELECT GET_LOCK('checkout', 1)"),
+    sa.text("LOAD DATA INFILE '/tmp/p.csv' INTO TABLE products"),
     sa.text("MERGE INTO products USING x ON true WHEN MATCHED THEN DELETE"),
     sa.text("set search_path = public"),
     sa.text(""),

@@ -392,14 +392,16 @@ class Database:
             session.close()
 
     def _commit_with_marker(self, session: RoutingSession, marker: str) -> None:
-        """INSERT the marker and COMMIT in one round trip, on the DBAPI cursor itself (the
-        statement needs none of SQLAlchemy's machinery, which would cost more than it)."""
+        """INSERT the marker and COMMIT (in one round trip where the driver can), on the DBAPI
+        cursor itself (the statements need none of SQLAlchemy's machinery, which would cost
+        more than they do)."""
         connection = session.connection()
-        sql = self.dialect.commit_with_marker_sql(marker)
         dbapi_error = connection.dialect.loaded_dbapi.Error
         cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        sql = ""
         try:
-            cursor.execute(sql)
+            for sql in self.dialect.commit_with_marker_statements(marker):
+                cursor.execute(sql)
         except dbapi_error as error:
             wrapped = DBAPIError.instance(sql, None, error, dbapi_error)
             if self.dialect.classify(wrapped).instance_failed:
@@ -628,7 +630,8 @@ class Database:
             guard = self._watchdog.arm(timeout or self.settings.hung_timeout_s,
                                        lambda: self.dialect.abort_connection(dbapi_connection))
             try:
-                return [tuple(r) for r in conn.exec_driver_sql(sql).fetchall()]
+                result = conn.exec_driver_sql(sql)
+                return [tuple(r) for r in result.fetchall()] if result.returns_rows else []
             finally:
                 self._watchdog.disarm(guard)
 
@@ -702,7 +705,7 @@ class Database:
                 if self._markers_ready and time.monotonic() >= next_cleanup:
                     next_cleanup = time.monotonic() + _MARKER_CLEANUP_INTERVAL_S
                     self._query(self.topology().writer.host,
-                                self.dialect.commit_marker_cleanup_sql + " RETURNING 1")
+                                self.dialect.commit_marker_cleanup_sql)
             except NoWriterAvailable as exc:
                 log.warning("%s", exc)
             except Exception:  # the monitor must outlive any one failure

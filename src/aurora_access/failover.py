@@ -25,10 +25,12 @@ class ErrorKind(Enum):
     """What an error says about the instance it came from."""
 
     CONNECTION_LOST = "connection lost"  # refused, reset, closed, timed out: instance gone?
-    ADMIN_SHUTDOWN = "admin shutdown"  # 57P01-57P03: the server is going away
-    READ_ONLY = "read only"  # 25006 on the "writer": a demoted writer behind a stale address
+    ADMIN_SHUTDOWN = "admin shutdown"  # 57P01-57P03, MySQL 1053: the server is going away
+    # 25006, MySQL 1290/1836 on the "writer": a demoted writer behind a stale address
+    READ_ONLY = "read only"
     SERIALIZATION = "serialization failure"  # 40001: retry the transaction
-    DEADLOCK = "deadlock"  # 40P01: retry the transaction
+    DEADLOCK = "deadlock"  # 40P01, MySQL 1213: retry the transaction
+    LOCK_TIMEOUT = "lock wait timeout"  # MySQL 1205: retry the transaction
     OTHER = "other"  # the application's own error: never retried
 
     @property

@@ -90,8 +90,7 @@ class InstancePools:
         key = (instance.host, instance.port)
         engine = self._snapshot.get(key)
         if engine is None:
-            engine = self.engine(instance).execution_options(
-                isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            engine = self.engine(instance).execution_options(**self._dialect.snapshot_options)
             self._snapshot[key] = engine
         return engine
 

@@ -9,8 +9,10 @@ and any statement in a transaction that already wrote go to the writer; a statem
 ``execution_options(aurora_route="writer" | "reader")`` goes where it is pinned; other reads go
 to a reader. Textual SQL is read only when it is recognisably read-only: a plain
 SELECT/VALUES/TABLE/SHOW, a WITH whose parts are all SELECTs, an EXPLAIN without ANALYZE;
-anything else (data-modifying CTEs, ``SELECT ... INTO``, locking clauses, calls of functions
-that write such as ``nextval``, multiple statements, unknown commands) goes to the writer.
+anything else (data-modifying CTEs, ``SELECT ... INTO``, locking clauses including MySQL's
+``LOCK IN SHARE MODE``, calls of functions that write such as ``nextval`` or that answer about the
+connection's last write such as MySQL's ``LAST_INSERT_ID()``, multiple statements, unknown
+commands) goes to the writer.
 """
 
 from __future__ import annotations
@@ -41,8 +43,11 @@ _READ_START = re.compile(r"^\s*\(*\s*(select|values|table|show|with|explain)\b",
 _WRITE_WORDS = re.compile(
     r"\b(insert|update|delete|merge|into)\b"
     r"|\bfor\s+(no\s+key\s+)?update\b|\bfor\s+(key\s+)?share\b|\block\s+in\s+share\s+mode\b"
+    r"|\bnext\s+value\s+for\b"  # a MariaDB sequence
     r"|\b(nextval|setval|lastval|txid_current|pg_current_xact_id|pg_notify|set_config|lo_create|"
-    r"lo_import|lo_unlink|pg_advisory_lock|pg_advisory_xact_lock|get_lock|release_lock)\s*\(",
+    r"lo_import|lo_unlink|pg_advisory_lock|pg_advisory_xact_lock|get_lock|release_lock|"
+    # MySQL functions that answer about this connection's last write: the writer's
+    r"last_insert_id|found_rows|row_count)\s*\(",
     re.I,
 )
 

@@ -54,10 +54,16 @@ def discover(
     last_error: Exception | None = None
     if host_pattern is not None:
         for host in candidates or [cluster_endpoint]:
-            try:
-                rows = query(host, dialect.topology_sql)
-            except Exception as exc:  # the next candidate may answer
-                last_error = exc
+            rows = None
+            for sql in dialect.topology_queries:
+                try:
+                    rows = query(host, sql)
+                    break
+                except Exception as exc:
+                    last_error = exc
+                    if dialect.classify(exc).instance_failed:
+                        break  # the next candidate may answer
+            if rows is None:
                 continue
             instances = [
                 Instance(id=str(r[0]), host=host_pattern.replace("?", str(r[0])), port=port,

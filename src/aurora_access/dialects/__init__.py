@@ -6,22 +6,26 @@ adding an engine means adding a module here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from ..errors import ConfigError
 from ..failover import ErrorKind
+from .mysql import MySqlDialect
 from .postgresql import PostgresDialect
 
 
 class EngineDialect(Protocol):
     name: str
     drivername: str
-    #: rows of (instance id, is writer, replica lag in ms) from Aurora's metadata
-    topology_sql: str
+    #: rows of (instance id, is writer, replica lag in ms) from Aurora's metadata; tried in
+    #: order until one answers (the next where a table or function is missing)
+    topology_queries: tuple[str, ...]
     is_reader_sql: str
     writer_position_sql: str
     replica_position_sql: str
     is_writer_sql: str
+    snapshot_options: Mapping[str, Any]
     commit_marker_ddl: str
     commit_marker_check_sql: str
     commit_marker_cleanup_sql: str
@@ -30,7 +34,7 @@ class EngineDialect(Protocol):
 
     def abort_connection(self, dbapi_connection: Any) -> None: ...
 
-    def commit_with_marker_sql(self, marker: str) -> str: ...
+    def commit_with_marker_statements(self, marker: str) -> list[str]: ...
 
     def is_auth_failure(self, error: BaseException) -> bool: ...
 
@@ -45,4 +49,7 @@ class EngineDialect(Protocol):
 def for_engine(name: str) -> EngineDialect:
     if name == "postgresql":
         return PostgresDialect()
-    raise ConfigError("AURORA_ENGINE", f"engine {name!r} is not supported yet; use postgresql")
+    if name == "mysql":
+        return MySqlDialect()
+    raise ConfigError("AURORA_ENGINE", f"engine {name!r} is not supported; use postgresql or "
+                      "mysql")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import psycopg
@@ -25,12 +27,12 @@ class PostgresDialect:
     drivername = "postgresql+psycopg"
 
     # Aurora's view of the cluster; rows not updated for 5 minutes are instances gone.
-    topology_sql = (
+    topology_queries: tuple[str, ...] = ((
         "SELECT server_id, session_id = 'MASTER_SESSION_ID', replica_lag_in_msec "
         "FROM pg_catalog.aurora_replica_status() "
         "WHERE session_id = 'MASTER_SESSION_ID' OR last_update_timestamp IS NULL "
         "OR last_update_timestamp > now() - interval '300 seconds'"
-    )
+    ),)
     is_reader_sql = "SELECT pg_is_in_recovery()"
     # Read after COMMIT returns, this covers the commit (synchronous_commit must not be off).
     writer_position_sql = "SELECT pg_current_wal_lsn()"
@@ -39,6 +41,9 @@ class PostgresDialect:
 
     # Whether an instance takes writes: asked of every instance after a writer failure.
     is_writer_sql = "SELECT NOT pg_is_in_recovery()"
+    # one consistent snapshot for a read_only(snapshot=True) session
+    snapshot_options: Mapping[str, Any] = MappingProxyType(
+        {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True})
     # A commit's fate after a crash is read from a marker row written in the transaction
     # (not from pg_xact_status: a transaction id whose WAL never reached the new writer is
     # handed out again there, and its status then describes another transaction).
@@ -75,12 +80,12 @@ class PostgresDialect:
         return isinstance(error, psycopg.OperationalError) and \
             "authentication failed" in str(error)
 
-    def commit_with_marker_sql(self, marker: str) -> str:
+    def commit_with_marker_statements(self, marker: str) -> list[str]:
         """Insert the marker and commit, in one round trip (no parameters: psycopg then sends
         it as a simple query, which may hold several statements). ``marker`` is our own hex."""
         if not marker.isalnum():
             raise ValueError(f"a commit marker is hex digits, not {marker!r}")
-        return (f"INSERT INTO aurora_access_commit_markers (id) VALUES ('{marker}'); COMMIT")
+        return [f"INSERT INTO aurora_access_commit_markers (id) VALUES ('{marker}'); COMMIT"]
 
     def abort_connection(self, dbapi_connection: Any) -> None:
         """Cut a connection's socket under whatever thread is blocked on it, so that it

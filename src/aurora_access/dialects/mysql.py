@@ -1,0 +1,175 @@
+"""Aurora MySQL (and MariaDB, MySQL) through PyMySQL: every piece of its SQL.
+
+Topology comes from Aurora MySQL's ``information_schema.replica_host_status``; where that table
+does not exist, from ``aurora_local.replica_host_status`` (the local cluster's emulation, with
+the same columns: MariaDB cannot add tables to information_schema); else from the endpoints and
+``@@read_only``.
+
+Replication positions are MariaDB GTIDs (``domain-server-seq``): the writer's
+``@@gtid_binlog_pos`` after a commit covers it, a reader's ``@@gtid_slave_pos`` is what it has
+applied. With ``gtid_strict_mode`` sequence numbers only grow within a replication domain, and
+keep growing across a promotion, so a position is the newest sequence number. One writer at a
+time writes one domain (the default, ``gtid_domain_id=0``); a cluster that writes several
+domains at once would need per-domain comparison, which this does not do. Aurora MySQL and
+MySQL 8 have no ``@@gtid_binlog_pos``: read-your-writes then goes by reported replica lag.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import threading
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import pymysql
+
+from ..failover import ErrorKind
+
+_CONNECTION_LOST = {
+    2002,  # can't connect through the socket
+    2003,  # can't connect to server (refused, unreachable, timed out)
+    2006,  # server has gone away
+    2013,  # lost connection during query
+    2055,  # lost connection at 'reading ...'
+    1152,  # aborted connection
+    1927,  # connection killed (MariaDB)
+    4031,  # disconnected by the server (MySQL 8)
+}
+_BY_CODE = {
+    1053: ErrorKind.ADMIN_SHUTDOWN,  # server shutdown in progress
+    1290: ErrorKind.READ_ONLY,  # running with --read-only
+    1836: ErrorKind.READ_ONLY,  # running in read-only mode
+    1792: ErrorKind.READ_ONLY,  # cannot execute in a READ ONLY transaction
+    1213: ErrorKind.DEADLOCK,  # deadlock found; the transaction was rolled back
+    1205: ErrorKind.LOCK_TIMEOUT,  # lock wait timeout exceeded
+    1020: ErrorKind.SERIALIZATION,  # record changed since last read (snapshot isolation)
+} | dict.fromkeys(_CONNECTION_LOST, ErrorKind.CONNECTION_LOST)
+_ACCESS_DENIED = 1045
+
+_STATUS_WHERE = (
+    "WHERE SESSION_ID = 'MASTER_SESSION_ID' OR LAST_UPDATE_TIMESTAMP IS NULL "
+    "OR LAST_UPDATE_TIMESTAMP > utc_timestamp() - INTERVAL 300 SECOND"
+)
+
+
+def _status_query(table: str) -> str:
+    # rows not updated for 5 minutes are instances gone
+    return ("SELECT SERVER_ID, SESSION_ID = 'MASTER_SESSION_ID', REPLICA_LAG_IN_MILLISECONDS "
+            f"FROM {table} {_STATUS_WHERE}")
+
+
+class MySqlDialect:
+    name = "mysql"
+    drivername = "mysql+pymysql"
+
+    topology_queries: tuple[str, ...] = (
+        _status_query("information_schema.replica_host_status"),
+        _status_query("aurora_local.replica_host_status"),
+    )
+    # Aurora MySQL readers run with innodb_read_only; MariaDB/MySQL replicas with read_only
+    is_reader_sql = "SELECT @@read_only OR @@innodb_read_only"
+    is_writer_sql = "SELECT NOT (@@read_only OR @@innodb_read_only)"
+    writer_position_sql = "SELECT @@gtid_binlog_pos"
+    replica_position_sql = "SELECT @@gtid_slave_pos"
+    snapshot_options: Mapping[str, Any] = MappingProxyType({"isolation_level": "REPEATABLE READ"})
+
+    commit_marker_ddl = (
+        "CREATE TABLE IF NOT EXISTS aurora_access_commit_markers "
+        "(id varchar(64) NOT NULL PRIMARY KEY, "
+        "created_at timestamp(6) NOT NULL DEFAULT current_timestamp(6)) ENGINE=InnoDB"
+    )
+    commit_marker_check_sql = (
+        "SELECT EXISTS (SELECT 1 FROM aurora_access_commit_markers WHERE id = %(id)s)"
+    )
+    commit_marker_cleanup_sql = (
+        "DELETE FROM aurora_access_commit_markers WHERE created_at < now(6) - INTERVAL 1 DAY"
+    )
+
+    def __init__(self) -> None:
+        self._contexts: dict[tuple[str, str | None], ssl.SSLContext] = {}
+        self._lock = threading.Lock()
+
+    def classify(self, error: BaseException) -> ErrorKind:
+        """What a PyMySQL error (or SQLAlchemy's wrapper of one) says about the instance."""
+        orig = getattr(error, "orig", None) or error
+        if isinstance(orig, pymysql.err.InterfaceError):
+            return ErrorKind.CONNECTION_LOST  # "(0, '')": the connection is already closed
+        code = orig.args[0] if isinstance(orig, pymysql.err.MySQLError) and orig.args else None
+        if isinstance(code, int) and code in _BY_CODE:
+            return _BY_CODE[code]
+        if getattr(error, "connection_invalidated", False):
+            return ErrorKind.CONNECTION_LOST
+        return ErrorKind.OTHER
+
+    def is_auth_failure(self, error: BaseException) -> bool:
+        """The server refused the login (1045: a wrong or expired password or IAM token)."""
+        return isinstance(error, pymysql.err.OperationalError) and bool(error.args) and \
+            error.args[0] == _ACCESS_DENIED
+
+    def commit_with_marker_statements(self, marker: str) -> list[str]:
+        """Insert the marker, then commit: two round trips. MySQL runs several statements in
+        one only with CLIENT_MULTI_STATEMENTS, which would also let any SQL injection in the
+        application stack statements on every connection: not worth one round trip."""
+        if not marker.isalnum():
+            raise ValueError(f"a commit marker is hex digits, not {marker!r}")
+        return [f"INSERT INTO aurora_access_commit_markers (id) VALUES ('{marker}')", "COMMIT"]
+
+    def abort_connection(self, dbapi_connection: Any) -> None:
+        """Cut a connection's socket under whatever thread is blocked on it (a hung server
+        never answers); the descriptor stays PyMySQL's to close."""
+        sock = getattr(dbapi_connection, "_sock", None)
+        if sock is None:
+            return
+        with socket.socket(fileno=os.dup(sock.fileno())) as dup:
+            dup.shutdown(socket.SHUT_RDWR)
+
+    def parse_position(self, value: Any) -> int | None:
+        """A MariaDB GTID position (``'0-11-42'``, possibly several domains) as its newest
+        sequence number; empty (nothing replicated yet) is 0; None stays None."""
+        if value is None:
+            return None
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        if not text.strip():
+            return 0
+        try:
+            parts = [[int(n) for n in gtid.strip().split("-")] for gtid in text.split(",")]
+        except ValueError:
+            parts = []
+        if not parts or any(len(p) != 3 for p in parts):
+            raise ValueError(f"not a MariaDB GTID position: {value!r}")
+        return max(seq for _, _, seq in parts)
+
+    def format_position(self, position: int) -> str:
+        return f"GTID sequence {position}"
+
+    def connect_args(self, sslmode: str, sslrootcert: str | None,
+                     connect_timeout: float) -> dict[str, Any]:
+        """PyMySQL's arguments. TLS: ``disable`` turns it off; ``prefer`` is PyMySQL's own
+        default (TLS when the server offers it); ``require`` and stricter pass one SSLContext,
+        built once, so PyMySQL refuses a server without TLS before sending any credentials
+        and no connection pays for building a context (22 ms each)."""
+        args: dict[str, Any] = {"connect_timeout": connect_timeout}
+        if sslmode == "disable":
+            args["ssl_disabled"] = True
+        elif sslmode != "prefer":
+            args["ssl"] = self._ssl_context(sslmode, sslrootcert)
+        return args
+
+    def _ssl_context(self, sslmode: str, sslrootcert: str | None) -> ssl.SSLContext:
+        key = (sslmode, sslrootcert)
+        with self._lock:
+            context = self._contexts.get(key)
+            if context is None:
+                if sslmode == "require":
+                    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                else:
+                    cafile = None if sslrootcert in (None, "system") else sslrootcert
+                    context = ssl.create_default_context(cafile=cafile)
+                    context.check_hostname = sslmode == "verify-full"
+                self._contexts[key] = context
+        return context
