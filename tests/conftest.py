@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from aurora_access.local import LocalCluster
+
 
 @pytest.fixture
 def shm_dir() -> Iterator[Path]:
@@ -19,3 +21,12 @@ def shm_dir() -> Iterator[Path]:
     path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", params=["postgresql", "mysql"])
+def engine_cluster(request: pytest.FixtureRequest) -> LocalCluster:
+    """The session's PostgreSQL cluster, then its MariaDB one: a module using this runs its
+    tests against both engines."""
+    name = "aurora_cluster" if request.param == "postgresql" else "aurora_mysql_cluster"
+    cluster: LocalCluster = request.getfixturevalue(name)
+    return cluster

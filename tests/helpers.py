@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import psycopg
+from sqlalchemy import create_engine, text
 
 from aurora_access.local import LocalCluster
 
@@ -24,3 +25,20 @@ def scalar(conn: psycopg.Connection[tuple], sql: str) -> object:
     row = conn.execute(sql.encode()).fetchone()
     assert row is not None
     return row[0]
+
+
+def set_app_password(cluster: LocalCluster, password: str) -> None:
+    """Give the application role/user a new password, on the writer (replication carries it
+    to the readers). Any engine."""
+    if cluster.engine == "postgresql":
+        with admin(cluster, cluster.writer.host) as conn:
+            conn.execute(psycopg.sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                psycopg.sql.Identifier(cluster.user), psycopg.sql.Literal(password)))
+        return
+    engine = create_engine(cluster.admin_url(cluster.writer.id), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f"ALTER USER '{cluster.user}'@'%' IDENTIFIED BY :password"),
+                         {"password": password})
+    finally:
+        engine.dispose()

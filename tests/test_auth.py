@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import boto3
-import psycopg
 import pytest
 import time_machine
 from moto import mock_aws
@@ -19,6 +18,8 @@ from sqlalchemy import text
 from aurora_access import AuroraAccessError, Database
 from aurora_access.auth import IamTokens, SecretCredentials
 from aurora_access.local import LocalCluster, free_port
+from engines import TLS_IN_USE, where_sql
+from helpers import set_app_password
 
 FROZEN = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 
@@ -115,23 +116,21 @@ def test_secret_errors_name_the_secret_not_its_value(secrets: object) -> None:
         SecretCredentials("missing", "us-east-1").login("h", 5432)
 
 
-def test_iam_login_end_to_end(monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("engine", ["postgresql", "mysql"])
+def test_iam_login_end_to_end(engine: str, monkeypatch: pytest.MonkeyPatch,
                               caplog: pytest.LogCaptureFixture) -> None:
     """The role's password is the token for this clock: the server accepts exactly that token,
     as Aurora accepts a valid signature, and refuses any other."""
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEY000000")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example-secret-key-not-real-000000000000")
-    with LocalCluster(readers=0, port=free_port(0)) as cluster, \
+    with LocalCluster(engine=engine, readers=0, port=free_port(0)) as cluster, \
             time_machine.travel(FROZEN, tick=False) as clock:
         writer = cluster.writer
 
         def set_password_to_token_at_now() -> None:
-            token = IamTokens(cluster.user, "us-east-1").token(writer.host, cluster.port)
-            with psycopg.connect(host=writer.host, port=cluster.port, user="postgres",
-                                 dbname="postgres", autocommit=True) as admin:
-                admin.execute(psycopg.sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                    psycopg.sql.Identifier(cluster.user), psycopg.sql.Literal(token)))
+            set_app_password(cluster, IamTokens(cluster.user, "us-east-1").token(
+                writer.host, cluster.port))
 
         set_password_to_token_at_now()
         env = {k: v for k, v in cluster.env().items() if k != "AURORA_PASSWORD"}
@@ -166,24 +165,22 @@ def test_iam_login_end_to_end(monkeypatch: pytest.MonkeyPatch,
     assert "X-Amz-Signature" not in logged and "example-secret-key" not in logged
 
 
+@pytest.mark.parametrize("engine", ["postgresql", "mysql"])
 def test_iam_over_verified_tls_to_every_instance_and_through_a_failover(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        engine: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """Each instance accepts only the token signed for its own host (the role's password is
     set to it in turn), over verify-full TLS; nothing secret reaches the logs."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEY000000")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example-secret-key-not-real-000000000000")
     caplog.set_level(logging.DEBUG)
     tokens_seen: list[str] = []
-    with LocalCluster(readers=2, port=free_port(), tls=True) as cluster, \
+    with LocalCluster(engine=engine, readers=2, port=free_port(), tls=True) as cluster, \
             time_machine.travel(FROZEN, tick=False):
 
         def accept_only_token_of(host: str) -> None:
             token = IamTokens(cluster.user, "us-east-1").token(host, cluster.port)
             tokens_seen.append(token)
-            with psycopg.connect(host=cluster.writer.host, port=cluster.port, user="postgres",
-                                 dbname="postgres", autocommit=True) as admin:
-                admin.execute(psycopg.sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                    psycopg.sql.Identifier(cluster.user), psycopg.sql.Literal(token)))
+            set_app_password(cluster, token)
 
         writer = cluster.writer
         accept_only_token_of(writer.host)
@@ -195,24 +192,22 @@ def test_iam_over_verified_tls_to_every_instance_and_through_a_failover(
             with db.session() as s:
                 s.execute(text("CREATE TABLE iam_tls (id int)"))
                 s.execute(text("INSERT INTO iam_tls VALUES (1)"))
-                assert s.execute(text(
-                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")).scalar()
+                assert s.execute(text(TLS_IN_USE[engine])).scalar()
             for reader in cluster.readers:
                 accept_only_token_of(reader.host)
                 with db.engine(reader.id).connect() as conn:
-                    row = conn.execute(text(
-                        "SELECT aurora_db_instance_identifier(), pg_is_in_recovery(), "
-                        "(SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), "
-                        "(SELECT count(*) FROM iam_tls)")).one()
-                assert tuple(row) == (reader.id, True, True, 1)
+                    on_reader, instance_id = conn.execute(where_sql(engine)).one()
+                    tls = conn.execute(text(TLS_IN_USE[engine])).scalar()
+                    count = conn.execute(text("SELECT count(*) FROM iam_tls")).scalar()
+                assert (bool(on_reader), str(instance_id), bool(tls), count) == (
+                    True, reader.id, True, 1)
             report = cluster.failover()
             new_writer = cluster.writer
             accept_only_token_of(new_writer.host)
 
             def write(s: object) -> str:
                 s.execute(text("INSERT INTO iam_tls VALUES (2)"))  # type: ignore[attr-defined]
-                return str(s.execute(text(  # type: ignore[attr-defined]
-                    "SELECT aurora_db_instance_identifier()")).scalar())
+                return str(s.execute(where_sql(engine)).one()[1])  # type: ignore[attr-defined]
 
             assert db.run_transaction(write, max_attempts=5) == report.new_writer
             assert db.stats()["iam_tokens_generated"] >= 4  # writer, 2 readers, new writer
@@ -239,10 +234,7 @@ def test_database_logs_in_from_a_secret_and_follows_its_rotation(secrets: object
                 s.execute(text("CREATE TABLE secret_probe (id int)"))
             # rotation: the database and the secret change; pooled connections live on,
             # a new connection is refused with the cached secret, reads it again, gets in
-            with psycopg.connect(host=cluster.writer.host, port=cluster.port, user="postgres",
-                                 dbname="postgres", autocommit=True) as admin:
-                admin.execute(psycopg.sql.SQL("ALTER ROLE {} PASSWORD 'rotated-1'").format(
-                    psycopg.sql.Identifier(cluster.user)))
+            set_app_password(cluster, "rotated-1")
             client.put_secret_value(SecretId="local/app", SecretString=json.dumps(
                 {"username": cluster.user, "password": "rotated-1"}))
             db.credentials._read_at -= 5  # type: ignore[attr-defined]

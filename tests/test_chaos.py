@@ -1,5 +1,6 @@
 """Chaos: orders placed from 8 threads while the writer fails over 3 times (with a stale cluster
-endpoint) and a reader crashes and comes back. Nothing acknowledged may be lost or doubled."""
+endpoint) and a reader crashes and comes back, on PostgreSQL and on MariaDB. Nothing acknowledged
+may be lost or doubled."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 import uuid
 from collections import Counter
 
+import pytest
 from sqlalchemy import func, select
 
 from aurora_access import (
@@ -25,8 +27,10 @@ DOCUMENTED = (TransactionReplayRequired, CommitOutcomeUnknown, NoWriterAvailable
 THREADS = 8
 
 
-def test_no_order_is_lost_or_doubled_through_three_failovers() -> None:
-    with LocalCluster(readers=2, endpoint_delay_s=5.0, port=free_port()) as cluster:
+@pytest.mark.parametrize("engine", ["postgresql", "mysql"])
+def test_no_order_is_lost_or_doubled_through_three_failovers(engine: str) -> None:
+    with LocalCluster(engine=engine, readers=2, endpoint_delay_s=5.0,
+                      port=free_port()) as cluster:
         db = Database.from_env({**cluster.env(), "AURORA_TOPOLOGY_REFRESH_S": "0.5"})
         create_schema(db.engine("writer"))
         with db.writer() as s:
@@ -104,7 +108,8 @@ def test_no_order_is_lost_or_doubled_through_three_failovers() -> None:
         stats = db.stats()
         assert stats["failovers"] >= 3
         db.close()
-        print(f"\nchaos in {elapsed:.1f} s: {len(returned)} orders acknowledged and present once "
+        print(f"\n{engine} chaos in {elapsed:.1f} s: {len(returned)} orders acknowledged and "
+              "present once "
               f"each; {len(unknown)} with unknown outcome ({sum(i in present for i in unknown)} "
               f"present); not placed: {dict(not_placed)}; failovers: "
               + "; ".join(str(r) for r in reports) + f"; stats {stats}")

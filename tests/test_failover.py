@@ -1,4 +1,5 @@
-"""Failover handling on a real cluster: retries, replays, commit outcomes (issue 4)."""
+"""Failover handling on real clusters, PostgreSQL and MariaDB: retries, replays, commit
+outcomes (issues 4 and 6)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ from aurora_access import Database, RoutingSession, TransactionReplayRequired
 from aurora_access.demo.models import Customer, Order, Stock
 from aurora_access.demo.shop import create_schema, place_order, seed
 from aurora_access.local import LocalCluster, free_port
+from engines import where
 
-WHO = text("SELECT aurora_db_instance_identifier(), pg_is_in_recovery()")
 
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(readers=2, endpoint_delay_s=5.0, port=free_port()) as c:
+@pytest.fixture(scope="module", params=["postgresql", "mysql"])
+def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    with LocalCluster(engine=request.param, readers=2, endpoint_delay_s=5.0,
+                      port=free_port()) as c:
         yield c
 
 
@@ -39,14 +40,14 @@ def test_a_read_on_a_crashed_reader_is_retried_elsewhere(
         db: Database, cluster: LocalCluster) -> None:
     with db.session() as s:  # warm both readers' pools
         for _ in range(4):
-            s.execute(WHO).one()
+            where(s)
     victim = cluster.readers[0]
     cluster.crash(victim.id)
     try:
         for _ in range(10):
             with db.session() as s:
-                instance, in_recovery = s.execute(WHO).one()
-                assert in_recovery is True and instance != victim.id
+                on_reader, instance = where(s)
+                assert on_reader and instance != victim.id
         assert db.stats()["retries"] >= 1
     finally:
         cluster.restart(victim.id)
@@ -70,7 +71,7 @@ def test_a_write_transaction_cut_by_a_failover_must_be_replayed(
         assert s.get(Customer, 1).name != "lost in failover"  # type: ignore[union-attr]
         s.get(Customer, 1).name = "after failover"  # type: ignore[union-attr]
     with db.writer() as s:  # written through the new writer, not the stale endpoint
-        assert s.execute(WHO).one() == (new.id, False)
+        assert where(s) == (False, new.id)
         assert s.get(Customer, 1).name == "after failover"  # type: ignore[union-attr]
     deadline = time.monotonic() + 5  # the old writer comes back as a reader, and is one
     while old.id not in {r.id for r in db.topology().readers}:
@@ -107,7 +108,7 @@ def test_a_commit_cut_off_is_resolved_and_replayed(
         return commit_statements(marker)
 
     def order(s: RoutingSession) -> str:
-        runs.append(s.execute(WHO).one()[0])
+        runs.append(where(s)[1])
         return place_order(s, customer_id=5, items={5: 1}, order_id=f"cut-{len(runs)}")
 
     monkeypatch.setattr(db.dialect, "commit_with_marker_statements", fail_over_first)
@@ -202,7 +203,7 @@ def test_a_paused_writer_is_noticed_within_the_bound(cluster: LocalCluster) -> N
     finally:
         cluster.resume(writer.id)
     with db.writer() as s:  # the same writer, found again once it answers
-        assert s.execute(WHO).one() == (writer.id, False)
+        assert where(s) == (False, writer.id)
     db.close()
 
 
@@ -216,17 +217,17 @@ def test_a_paused_reader_costs_a_bounded_wait_and_no_error(cluster: LocalCluster
     try:
         with db.session() as s:  # both readers have pooled connections
             for _ in range(4):
-                s.execute(WHO).one()
+                where(s)
         cluster.pause(victim.id)
-        slowest, where = 0.0, Counter[str]()
+        slowest, seen = 0.0, Counter[str]()
         for _ in range(30):
             began = time.monotonic()
             with db.session() as s:
-                where[s.execute(WHO).one()[0]] += 1
+                seen[where(s)[1]] += 1
             slowest = max(slowest, time.monotonic() - began)
-        assert where[victim.id] == 0 and sum(where.values()) == 30
+        assert seen[victim.id] == 0 and sum(seen.values()) == 30
         assert slowest <= max(2, 1 + 0.3) + 1.0  # connect or hung timeout + refresh, + slack
-        print(f"\npaused reader: slowest read {slowest:.2f} s, then {dict(where)}")
+        print(f"\npaused reader: slowest read {slowest:.2f} s, then {dict(seen)}")
     finally:
         cluster.resume(victim.id)
         db.close()
