@@ -1,6 +1,7 @@
 """Failover recovery, side by side: crash to the first write committed on the new writer.
 
 Run: .venv/bin/python benchmarks/failover_recovery.py [--trials 5] [--endpoint-delay 5] [--hang]
+                                                       [--engine postgresql|mysql]
 
 One local cluster (1 writer, 2 readers, the cluster endpoint's DNS lagging ``--endpoint-delay``
 seconds behind a failover, as on Aurora). Three clients write at the same time, each in its own
@@ -19,6 +20,11 @@ Each trial crashes the writer (``LocalCluster.failover``) and measures, per clie
 the crash to its first commit that reports the new writer's id. Medians over the trials. With
 ``--hang`` the old writer is frozen instead of crashed (a host that stops answering without
 closing connections), and crashed and rejoined after the trial.
+
+With ``--engine mysql`` (a local MariaDB cluster, PyMySQL) the peer wrapper is left out: it does
+not support PyMySQL, and its Aurora MySQL dialect needs ``information_schema.replica_host_status``,
+which MariaDB cannot serve. Its clients commit ``UPDATE`` then read ``@@server_id`` (MariaDB has
+no UPDATE ... RETURNING).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from aurora_access.local import LocalCluster, free_port
 
 UPDATE = ("UPDATE bench_counter SET n = n + 1 WHERE client = %s "
           "RETURNING aurora_db_instance_identifier()")
+MYSQL_UPDATE = "UPDATE bench_counter SET n = n + 1 WHERE client = '{}'"
 
 
 class Client:
@@ -79,25 +86,36 @@ def main() -> None:
     parser.add_argument("--endpoint-delay", type=float, default=5.0)
     parser.add_argument("--hang", action="store_true",
                         help="freeze the old writer instead of crashing it")
+    parser.add_argument("--engine", choices=["postgresql", "mysql"], default="postgresql")
     args = parser.parse_args()
+    mysql = args.engine == "mysql"
 
-    with LocalCluster(readers=2, endpoint_delay_s=args.endpoint_delay,
+    with LocalCluster(engine=args.engine, readers=2, endpoint_delay_s=args.endpoint_delay,
                       port=free_port()) as cluster:
-        with psycopg.connect(cluster.app_url().replace("+psycopg", ""), autocommit=True) as c:
-            c.execute("CREATE TABLE bench_counter (client text PRIMARY KEY, n int NOT NULL)")
-            c.execute("INSERT INTO bench_counter VALUES ('aurora', 0), ('peer', 0), "
-                      "('plain', 0)")
+        setup = create_engine(cluster.app_url(), isolation_level="AUTOCOMMIT")
+        with setup.connect() as c:
+            c.execute(text("CREATE TABLE bench_counter (client varchar(20) PRIMARY KEY, "
+                           "n int NOT NULL)"))
+            c.execute(text("INSERT INTO bench_counter VALUES ('aurora', 0), ('peer', 0), "
+                           "('plain', 0)"))
+        setup.dispose()
         db = Database.from_env(cluster.env())
-        peer = _peer_connection(cluster)
+        peer = None if mysql else _peer_connection(cluster)
         plain = create_engine(cluster.app_url(), pool_pre_ping=True,
                               connect_args={"connect_timeout": 2})
 
+        def write_and_tell(conn: Any, client: str) -> str:
+            """Commit-to-be: the counter's update, answering the instance id."""
+            if mysql:
+                conn.execute(text(MYSQL_UPDATE.format(client)))
+                return str(conn.execute(text("SELECT @@server_id")).scalar())
+            return str(conn.execute(text(UPDATE.replace("%s", f"'{client}'"))).scalar())
+
         def aurora_write() -> str:
-            return str(db.run_transaction(
-                lambda s: s.execute(text(UPDATE.replace("%s", "'aurora'"))).scalar(),
-                max_attempts=10))
+            return db.run_transaction(lambda s: write_and_tell(s, "aurora"), max_attempts=10)
 
         def peer_write() -> str:
+            assert peer is not None
             try:
                 with peer.cursor() as cur:
                     cur.execute(UPDATE, ("peer",))
@@ -111,14 +129,15 @@ def main() -> None:
         def plain_write() -> str:
             try:
                 with plain.begin() as conn:
-                    return str(conn.execute(text(UPDATE.replace("%s", "'plain'"))).scalar())
+                    return write_and_tell(conn, "plain")
             except Exception:
                 # reconnect: a pooled connection to the demoted writer would stay read-only
                 plain.dispose()
                 raise
 
-        clients = [Client("aurora-access", aurora_write),
-                   Client("aws-advanced-python-wrapper (failover_v2, aggressive)", peer_write),
+        clients = [Client(f"aurora-access ({args.engine})", aurora_write),
+                   *([] if mysql else [Client(
+                       "aws-advanced-python-wrapper (failover_v2, aggressive)", peer_write)]),
                    Client(f"plain SQLAlchemy via the cluster endpoint "
                           f"(DNS lag {args.endpoint_delay:g} s)", plain_write)]
         for client in clients:
@@ -147,8 +166,9 @@ def main() -> None:
             client.thread.join(10)
         stats = db.stats()
         db.close()
-        peer.close()
-        release_resources()
+        if peer is not None:
+            peer.close()
+            release_resources()
 
     print()
     print(f"| client | median recovery ({args.trials} failovers) | each | errors seen |")

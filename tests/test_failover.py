@@ -32,6 +32,7 @@ def db(cluster: LocalCluster) -> Iterator[Database]:
     create_schema(database.engine("writer"))
     with database.writer() as s:
         seed(s)
+    database.forget_commits()  # reads spread over the readers as in a new request
     yield database
     database.close()
 

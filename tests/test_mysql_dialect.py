@@ -92,9 +92,9 @@ def test_tls_arguments_follow_the_sslmode(tmp_path: object) -> None:
     assert dialect.connect_args("verify-full", "system", 5)["ssl"] is full
 
 
-def test_commit_marker_goes_with_the_commit() -> None:
+def test_commit_marker_is_inserted_before_the_drivers_commit() -> None:
     assert dialect.commit_with_marker_statements("00ab12") == [
-        "INSERT INTO aurora_access_commit_markers (id) VALUES ('00ab12')", "COMMIT"]
+        "INSERT INTO aurora_access_commit_markers (id) VALUES ('00ab12')"]
     with pytest.raises(ValueError, match="hex"):
         dialect.commit_with_marker_statements("x'); DROP TABLE t; --")
 

@@ -116,6 +116,9 @@ class CommitTracker:
     def current(self) -> CommitMark | None:
         return self._mark.get()
 
+    def forget(self) -> None:
+        self._mark.set(None)
+
     def learned(self, mark: CommitMark, position: int) -> None:
         """Remember the position of ``mark`` unless a newer commit replaced it meanwhile."""
         if self._mark.get() is mark:

@@ -383,7 +383,14 @@ class Database:
                 if kind.retryable_transaction:
                     raise _RetryableError(str(error)) from error
                 raise
-            session.commit()  # the database has committed: this only closes the books
+            try:
+                # PostgreSQL has committed: this closes the books; MySQL: this is the COMMIT
+                session.commit()
+            except CommitOutcomeUnknown as error:
+                assert committing is not None
+                cause = error.__cause__ if error.__cause__ is not None else error
+                return self._after_cut_off_commit(session, self.dialect.classify(cause),
+                                                  *committing)
             return result
         except BaseException:
             session.rollback()
@@ -392,9 +399,9 @@ class Database:
             session.close()
 
     def _commit_with_marker(self, session: RoutingSession, marker: str) -> None:
-        """INSERT the marker and COMMIT (in one round trip where the driver can), on the DBAPI
-        cursor itself (the statements need none of SQLAlchemy's machinery, which would cost
-        more than they do)."""
+        """INSERT the marker (and COMMIT, in the same round trip, where the driver can), on the
+        DBAPI cursor itself (the statements need none of SQLAlchemy's machinery, which would
+        cost more than they do)."""
         connection = session.connection()
         dbapi_error = connection.dialect.loaded_dbapi.Error
         cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
@@ -479,6 +486,16 @@ class Database:
                 raise NoWriterAvailable("the writer did not answer with its log position")
             mark = CommitMark(mark.committed_ns, position)
         return encode_token(self.dialect.name, mark)
+
+    def forget_commits(self) -> None:
+        """End read-your-writes for this context's commits so far.
+
+        Call it when a unit of work ends in a context that lives on: a server that reuses a
+        thread for one request after another (gunicorn's gthread workers, a thread pool), so
+        that the next request does not wait for the last one's commits. A request that must
+        see them carries ``commit_token()`` instead.
+        """
+        self._router.commits.forget()
 
     # -- introspection ------------------------------------------------------------------
 

@@ -110,20 +110,22 @@ class InstancePools:
             # nothing to roll back on return in autocommit
             options["pool_reset_on_return"] = None
         engine = create_engine(self._url(host, port), **options)
-        credentials, is_auth_failure = self._credentials, self._dialect.is_auth_failure
+        credentials, ours = self._credentials, self._dialect
 
         @event.listens_for(engine, "do_connect")
         def _login(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
             _apply(credentials.login(host, port), cparams)
             try:
-                return dialect.connect(*cargs, **cparams)
+                connection = dialect.connect(*cargs, **cparams)
             except Exception as error:
-                if not is_auth_failure(error) or not credentials.renew(host, port):
+                if not ours.is_auth_failure(error) or not credentials.renew(host, port):
                     raise
                 log.info("login to %s:%s refused; trying once more with fresh credentials",
                          host, port)
                 _apply(credentials.login(host, port), cparams)
-                return dialect.connect(*cargs, **cparams)
+                connection = dialect.connect(*cargs, **cparams)
+            ours.connected(connection)
+            return connection
         if self._on_disconnect is not None:
             notify = self._on_disconnect
 

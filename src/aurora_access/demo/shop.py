@@ -48,13 +48,13 @@ def place_order(session: Session, customer_id: int, items: Mapping[int, int],
     total = 0
     lines = []
     for product_id, quantity in sorted(items.items()):
+        # rowcount, not RETURNING: MariaDB and MySQL have no UPDATE ... RETURNING
         taken = session.execute(
             update(Stock)
             .where(Stock.product_id == product_id, Stock.quantity >= quantity)
             .values(quantity=Stock.quantity - quantity)
-            .returning(Stock.product_id)
-        ).first()
-        if taken is None:
+        )
+        if taken.rowcount != 1:  # type: ignore[attr-defined]
             raise OutOfStock(product_id)
         price = session.scalar(select(Product.price_cents).where(Product.id == product_id))
         assert price is not None

@@ -110,12 +110,14 @@ class MySqlDialect:
             error.args[0] == _ACCESS_DENIED
 
     def commit_with_marker_statements(self, marker: str) -> list[str]:
-        """Insert the marker, then commit: two round trips. MySQL runs several statements in
-        one only with CLIENT_MULTI_STATEMENTS, which would also let any SQL injection in the
-        application stack statements on every connection: not worth one round trip."""
+        """Insert the marker; the COMMIT follows as the driver's own (PyMySQL's ``commit()``
+        always sends one, so a COMMIT here would make it two). That is one round trip more than
+        a bare COMMIT: MySQL runs several statements in one only with CLIENT_MULTI_STATEMENTS,
+        which would also let any SQL injection in the application stack statements on every
+        connection."""
         if not marker.isalnum():
             raise ValueError(f"a commit marker is hex digits, not {marker!r}")
-        return [f"INSERT INTO aurora_access_commit_markers (id) VALUES ('{marker}')", "COMMIT"]
+        return [f"INSERT INTO aurora_access_commit_markers (id) VALUES ('{marker}')"]
 
     def abort_connection(self, dbapi_connection: Any) -> None:
         """Cut a connection's socket under whatever thread is blocked on it (a hung server
@@ -125,6 +127,10 @@ class MySqlDialect:
             return
         with socket.socket(fileno=os.dup(sock.fileno())) as dup:
             dup.shutdown(socket.SHUT_RDWR)
+
+    def connected(self, dbapi_connection: Any) -> None:
+        """A new connection is open: its handshake timeout no longer applies."""
+        dbapi_connection._read_timeout = None
 
     def parse_position(self, value: Any) -> int | None:
         """A MariaDB GTID position (``'0-11-42'``, possibly several domains) as its newest
@@ -151,7 +157,12 @@ class MySqlDialect:
         default (TLS when the server offers it); ``require`` and stricter pass one SSLContext,
         built once, so PyMySQL refuses a server without TLS before sending any credentials
         and no connection pays for building a context (22 ms each)."""
-        args: dict[str, Any] = {"connect_timeout": connect_timeout}
+        # PyMySQL's connect_timeout covers the TCP connect only; the handshake reads wait
+        # read_timeout, forever by default: a hung server (which the kernel still accepts
+        # connections for) would hold the caller. read_timeout bounds the handshake and
+        # ``connected`` lifts it, so queries may run as long as they need.
+        args: dict[str, Any] = {"connect_timeout": connect_timeout,
+                                "read_timeout": connect_timeout}
         if sslmode == "disable":
             args["ssl_disabled"] = True
         elif sslmode != "prefer":

@@ -95,6 +95,9 @@ class PostgresDialect:
         with socket.socket(fileno=os.dup(fd)) as sock:
             sock.shutdown(socket.SHUT_RDWR)
 
+    def connected(self, dbapi_connection: Any) -> None:
+        """Nothing to do: libpq's connect_timeout covers the whole handshake."""
+
     def parse_position(self, value: Any) -> int | None:
         """An LSN (``'16/B374D848'``) as an integer; None stays None."""
         if value is None:
