@@ -1,6 +1,7 @@
 """Routed sessions against plain SQLAlchemy and the peer wrapper, side by side in one run.
 
 Run: .venv/bin/python benchmarks/routing_overhead.py [--ops 200] [--rounds 15]
+                                                      [--engine postgresql|mysql]
 
 Starts its own local cluster (1 writer, 1 reader, so that every routed read lands on the same
 reader as the plain engine). Each case runs ``--ops`` operations per round, in a fresh thread (a
@@ -22,6 +23,9 @@ Cases:
   a COMMIT cut off by a failover be resolved, included);
 - write then read, routed: the write above followed by a read of the same row in a new session
   of the same context (what read-your-writes costs a read that follows a write).
+
+With ``--engine mysql`` (MariaDB, PyMySQL) the baseline is a raw PyMySQL autocommit connection
+and the peer wrapper is left out: it does not support PyMySQL.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+import pymysql
 from aws_advanced_python_wrapper import AwsWrapperConnection
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
@@ -61,23 +66,29 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ops", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--engine", choices=["postgresql", "mysql"], default="postgresql")
     args = parser.parse_args()
+    mysql = args.engine == "mysql"
 
-    with shop(products=100, customers=100) as (cluster, db):
+    with shop(products=100, customers=100, engine=args.engine) as (cluster, db):
         time.sleep(0.2)
         reader = cluster.readers[0]
         reader_engine = create_engine(cluster.app_url(reader.host))
         autocommit_engine = create_engine(cluster.app_url(reader.host),
                                           isolation_level="AUTOCOMMIT")
         writer_engine = create_engine(cluster.app_url(cluster.writer.host))
-        raw = psycopg.connect(host=reader.host, port=cluster.port, user=cluster.user,
-                              password=cluster.password, dbname=cluster.database,
-                              autocommit=True)
-        peer = _peer_wrapper(cluster)
+        raw: Any = pymysql.connect(
+            host=reader.host, port=cluster.port, user=cluster.user, password=cluster.password,
+            database=cluster.database, autocommit=True) if mysql else psycopg.connect(
+            host=reader.host, port=cluster.port, user=cluster.user, password=cluster.password,
+            dbname=cluster.database, autocommit=True)
+        peer = None if mysql else _peer_wrapper(cluster)
 
         def raw_read(i: int) -> object:
-            return raw.execute("SELECT id, sku, name, price_cents FROM products WHERE id = %s",
-                               (i % 100 + 1,)).fetchone()
+            cur = raw.cursor()
+            cur.execute("SELECT id, sku, name, price_cents FROM products WHERE id = %s",
+                        (i % 100 + 1,))
+            return cur.fetchone()
 
         def plain_read(i: int) -> object:
             with Session(reader_engine) as s:
@@ -92,6 +103,7 @@ def main() -> None:
                 return s.get(Product, i % 100 + 1)
 
         def peer_read(i: int) -> object:
+            assert peer is not None
             with peer.cursor() as cur:
                 cur.execute("SELECT id, sku, name, price_cents FROM products WHERE id = %s",
                             (i % 100 + 1,))
@@ -118,12 +130,13 @@ def main() -> None:
             assert name == f"routed {i}", "stale read"
             return name
 
+        driver = "PyMySQL" if mysql else "psycopg"
         cases: dict[str, Op] = {
-            "read, raw psycopg autocommit (baseline)": raw_read,
+            f"read, raw {driver} autocommit (baseline)": raw_read,
             "read, plain SQLAlchemy Session.get": plain_read,
             "read, plain SQLAlchemy Session.get, AUTOCOMMIT engine": autocommit_read,
             "read, routed db.session() + get": routed_read,
-            "read, peer wrapper read transaction": peer_read,
+            **({} if mysql else {"read, peer wrapper read transaction": peer_read}),
             "write, plain SQLAlchemy get FOR UPDATE + mutate + commit": plain_write,
             "write, routed db.session(), same": routed_write,
             "write, run_transaction, same (commit marker included)": marked_write,
@@ -141,22 +154,31 @@ def main() -> None:
                 timings[name].append(wall)
                 cpu[name].append(used)
         stats = db.stats()
-        peer.close()
+        raw.close()
+        if peer is not None:
+            peer.close()
 
     median = {name: statistics.median(values) for name, values in timings.items()}
     median_cpu = {name: statistics.median(values) for name, values in cpu.items()}
-    base = median["read, raw psycopg autocommit (baseline)"]
+    base = median[f"read, raw {driver} autocommit (baseline)"]
     print(f"{args.rounds} rounds x {args.ops} operations, median per operation")
     print("| case | wall us/op | x raw read | client CPU us/op |")
     print("|---|---|---|---|")
     for name, value in median.items():
         print(f"| {name} | {value * 1e6:.0f} | {value / base:.2f} | "
               f"{median_cpu[name] * 1e6:.0f} |")
-    _, plain, auto, routed, peer, plain_w, routed_w, marked_w, _ = median.values()
+    plain = median["read, plain SQLAlchemy Session.get"]
+    auto = median["read, plain SQLAlchemy Session.get, AUTOCOMMIT engine"]
+    routed = median["read, routed db.session() + get"]
+    plain_w = median["write, plain SQLAlchemy get FOR UPDATE + mutate + commit"]
+    routed_w = median["write, routed db.session(), same"]
+    marked_w = median["write, run_transaction, same (commit marker included)"]
     print()
     print(f"routed read / plain read: {routed / plain:.2f} (target <= 0.6)")
     print(f"routed read / plain read on an AUTOCOMMIT engine: {routed / auto:.2f}")
-    print(f"routed read / peer wrapper read: {routed / peer:.2f} (target <= 1)")
+    if not mysql:
+        print(f"routed read / peer wrapper read: "
+              f"{routed / median['read, peer wrapper read transaction']:.2f} (target <= 1)")
     print(f"routed write / plain write: {routed_w / plain_w:.2f} (target <= 1.05)")
     print(f"run_transaction write / routed write: {marked_w / routed_w:.2f} "
           "(what resolving commit outcomes costs)")

@@ -19,10 +19,10 @@ T = TypeVar("T")
 
 
 @contextmanager
-def shop(readers: int = 1, products: int = 50,
-         customers: int = 50) -> Iterator[tuple[LocalCluster, Database]]:
+def shop(readers: int = 1, products: int = 50, customers: int = 50,
+         engine: str = "postgresql") -> Iterator[tuple[LocalCluster, Database]]:
     """A local cluster with the demo schema seeded, and a Database on it (closed after)."""
-    with LocalCluster(readers=readers, port=free_port(readers)) as cluster:
+    with LocalCluster(engine=engine, readers=readers, port=free_port(readers)) as cluster:
         db = Database.from_env(cluster.env())
         try:
             create_schema(db.engine("writer"))
