@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 from sqlalchemy import TextClause, text
 from sqlalchemy.orm import Session
 
-from aurora_access import RoutingSession
+from aurora_access import Database, RoutingSession
 
 # (is this instance a reader, its instance id)
 _WHERE = {
@@ -31,3 +33,15 @@ def where(session: RoutingSession | Session, engine: str | None = None) -> tuple
         engine = session.router.dialect.name
     in_recovery, instance_id = session.execute(where_sql(engine)).one()
     return bool(in_recovery), str(instance_id)
+
+
+def settle(db: Database, timeout: float = 10.0) -> None:
+    """Wait until every reader has replayed all the writer has now (data a fixture just
+    wrote, which a test in another context then reads on a reader)."""
+    target = db._writer_position()
+    assert target is not None
+    deadline = time.monotonic() + timeout
+    for reader in db.topology().readers:
+        while (db._replica_position(reader) or -1) < target:
+            assert time.monotonic() < deadline, f"reader {reader.id} did not catch up"
+            time.sleep(0.01)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
+import pymysql
 from sqlalchemy import create_engine, text
 
 from aurora_access.local import LocalCluster
@@ -42,3 +45,34 @@ def set_app_password(cluster: LocalCluster, password: str) -> None:
                          {"password": password})
     finally:
         engine.dispose()
+
+
+def mysql_admin(cluster: LocalCluster, host: str, timeout: int = 2) -> pymysql.Connection[Any]:
+    """MariaDB superuser autocommit connection to one address of the cluster (no password;
+    ``timeout`` bounds the handshake too, which a frozen server never answers)."""
+    return pymysql.connect(host=host, port=cluster.port, user="root", database=cluster.database,
+                           connect_timeout=timeout, read_timeout=timeout, autocommit=True,
+                           ssl_disabled=True)
+
+
+def mysql_app(cluster: LocalCluster, host: str, timeout: int = 2,
+              **ssl: Any) -> pymysql.Connection[Any]:
+    """The application user's MariaDB autocommit connection (TLS when ``ssl_ca`` & co given)."""
+    return pymysql.connect(host=host, port=cluster.port, user=cluster.user,
+                           password=cluster.password, database=cluster.database,
+                           connect_timeout=timeout, read_timeout=timeout, autocommit=True,
+                           **(ssl or {"ssl_disabled": True}))
+
+
+def mysql_scalar(conn: pymysql.Connection[Any], sql: str, args: Any = None) -> Any:
+    with conn.cursor() as cur:
+        cur.execute(sql, args)
+        row = cur.fetchone()
+    assert row is not None
+    return row[0]
+
+
+def mysql_rows(conn: pymysql.Connection[Any], sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+    with conn.cursor() as cur:
+        cur.execute(sql, args)
+        return list(cur.fetchall())

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pymysql
+import pytest
 
 from aurora_access.local import free_port
 from aurora_access.local.cluster import _listening, address_prefix
@@ -20,19 +22,35 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120, check=False)
 
 
-def test_up_status_failover_down(shm_dir: Path) -> None:
+def _writes_through_cluster_endpoint(engine: str, exports: dict[str, str]) -> bool:
+    """Whether the cluster endpoint, reached over verified TLS, leads to a writer."""
+    host, port = exports["AURORA_CLUSTER_ENDPOINT"], int(exports["AURORA_PORT"])
+    if engine == "mysql":
+        with pymysql.connect(host=host, port=port, user=exports["AURORA_USER"],
+                             password=exports["AURORA_PASSWORD"],
+                             database=exports["AURORA_DATABASE"],
+                             ssl_ca=exports["AURORA_SSLROOTCERT"], ssl_verify_cert=True,
+                             ssl_verify_identity=True) as conn, conn.cursor() as cur:
+            cur.execute("SELECT @@read_only")
+            return cur.fetchone() == (0,)
+    with psycopg.connect(host=host, port=port, user=exports["AURORA_USER"],
+                         password=exports["AURORA_PASSWORD"], dbname=exports["AURORA_DATABASE"],
+                         sslmode=exports["AURORA_SSLMODE"],
+                         sslrootcert=exports["AURORA_SSLROOTCERT"]) as conn:
+        return conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
+
+
+@pytest.mark.parametrize("engine", ["postgresql", "mysql"])
+def test_up_status_failover_down(shm_dir: Path, engine: str) -> None:
     port = free_port()
     up = cli("local", "up", "--dir", str(shm_dir), "--port", str(port), "--readers", "2",
-             "--tls")
+             "--tls", "--engine", engine)
     assert up.returncode == 0, up.stderr
     exports = dict(line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines())
     assert exports["AURORA_PORT"] == str(port)
+    assert exports["AURORA_ENGINE"] == engine
     # the cluster outlives the command that started it
-    with psycopg.connect(host=exports["AURORA_CLUSTER_ENDPOINT"], port=port,
-                         user=exports["AURORA_USER"], password=exports["AURORA_PASSWORD"],
-                         dbname=exports["AURORA_DATABASE"], sslmode=exports["AURORA_SSLMODE"],
-                         sslrootcert=exports["AURORA_SSLROOTCERT"]) as conn:
-        assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
+    assert _writes_through_cluster_endpoint(engine, exports)
     assert exports["AURORA_SSLMODE"] == "verify-full"
     state = json.loads((shm_dir / "state.json").read_text())
     pids = [state["forwarder_pid"]] + [n["pid"] for n in state["nodes"]]
@@ -48,6 +66,7 @@ def test_up_status_failover_down(shm_dir: Path) -> None:
     pids += [n["pid"] for n in state["nodes"]]
     assert [n["role"] for n in state["nodes"]].count("writer") == 1
     assert state["nodes"][0]["role"] == "reader"
+    assert _writes_through_cluster_endpoint(engine, exports)
 
     down = cli("local", "down", "--dir", str(shm_dir))
     assert down.returncode == 0, down.stderr

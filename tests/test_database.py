@@ -19,7 +19,7 @@ from aurora_access import Database, ReadOnlySessionError
 from aurora_access.demo.models import Customer, Order, Product, Stock
 from aurora_access.demo.shop import create_schema, place_order, seed
 from aurora_access.local import LocalCluster, free_port
-from engines import where, where_sql
+from engines import settle, where, where_sql
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +28,7 @@ def db(engine_cluster: LocalCluster) -> Iterator[Database]:
     create_schema(database.engine("writer"))
     with database.writer() as s:
         seed(s)
+    settle(database)
     yield database
     database.close()
 
@@ -114,7 +115,8 @@ _SNAPSHOT = {  # (on a reader, isolation, in a transaction / read-only, instance
     "postgresql": ("SELECT pg_is_in_recovery(), current_setting('transaction_isolation'), "
                    "current_setting('transaction_read_only') = 'on', "
                    "aurora_db_instance_identifier()", "repeatable read"),
-    "mysql": ("SELECT @@read_only = 1, @@tx_isolation, @@in_transaction = 1, "
+    # (autocommit off: the transaction's snapshot is taken by its first read of a table)
+    "mysql": ("SELECT @@read_only = 1, @@tx_isolation, @@autocommit = 0, "
               "CAST(@@server_id AS CHAR)", "REPEATABLE-READ"),
 }
 
@@ -128,7 +130,7 @@ def test_snapshot_read_only_session_is_one_transaction_on_one_reader(db: Databas
         assert where(s)[1] == instance_id
     if db.dialect.name == "mysql":
         with db.read_only() as s:  # default: autocommit statements, no transaction
-            assert s.execute(text("SELECT @@in_transaction")).scalar() == 0
+            assert s.execute(text("SELECT @@autocommit")).scalar() == 1
 
 
 def test_write_then_read_in_one_thread_is_never_stale(

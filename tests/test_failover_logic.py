@@ -109,5 +109,7 @@ def test_watchdog_fires_late_actions_only_and_stops() -> None:
     watchdog.arm(10, lambda: fired.append("never"))
     time.sleep(0.2)
     assert fired == ["late"]
+    thread = watchdog._thread  # its own thread (other tests' Databases have theirs)
+    assert thread is not None and thread.is_alive()
     watchdog.close()
-    assert "aurora-access-watchdog" not in {t.name for t in threading.enumerate()}
+    assert not thread.is_alive()

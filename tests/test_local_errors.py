@@ -24,6 +24,14 @@ def test_missing_postgresql_binaries_say_how_to_install_them(
     assert str(tmp_path) in str(caught.value)
 
 
+def test_missing_mariadb_binaries_say_how_to_install_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AURORA_LOCAL_MARIADB_BINDIR", str(tmp_path))
+    with pytest.raises(LocalClusterError, match="apt-get install mariadb-server") as caught:
+        LocalCluster(engine="mysql", readers=1)
+    assert str(tmp_path) in str(caught.value) and "mariadbd" in str(caught.value)
+
+
 def test_an_address_in_use_is_named(shm_dir: Path) -> None:
     port = free_port(1)
     taken = f"{address_prefix(port)}.12"
@@ -45,9 +53,10 @@ def test_a_directory_in_use_by_a_running_cluster_is_refused(shm_dir: Path) -> No
         assert running.state(running.writer.id) == "running"
 
 
-def test_a_stale_directory_from_a_crashed_run_is_recovered(shm_dir: Path) -> None:
+@pytest.mark.parametrize("engine", ["postgresql", "mysql"])
+def test_a_stale_directory_from_a_crashed_run_is_recovered(shm_dir: Path, engine: str) -> None:
     port = free_port(1)
-    crashed = LocalCluster(readers=1, port=port, dir=shm_dir).start()
+    crashed = LocalCluster(engine=engine, readers=1, port=port, dir=shm_dir).start()
     crashed.detach()
     # the controlling process "dies": everything it started is killed, its files stay behind
     state = json.loads((shm_dir / "state.json").read_text())
@@ -56,7 +65,7 @@ def test_a_stale_directory_from_a_crashed_run_is_recovered(shm_dir: Path) -> Non
     signal_all(pids + [d for p in pids for d in descendants(p)], signal.SIGKILL)
     for pid in pids:
         os.waitpid(pid, 0)
-    with LocalCluster(readers=1, port=port, dir=shm_dir) as fresh:
+    with LocalCluster(engine=engine, readers=1, port=port, dir=shm_dir) as fresh:
         assert any("crashed run" in line for line in fresh.recovered_stale)
         assert fresh.state(fresh.writer.id) == "running"
 

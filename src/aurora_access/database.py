@@ -362,7 +362,16 @@ class Database:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _run_once(self, fn: Callable[[RoutingSession], T]) -> T:
-        self._ensure_commit_markers()
+        try:
+            self._ensure_commit_markers()
+        except DBAPIError as error:
+            writer, kind = self.topology().writer, self.dialect.classify(error)
+            if not kind.instance_failed:
+                raise
+            self.recover_writer(writer, kind)
+            raise TransactionReplayRequired(
+                f"the writer {writer.id} failed before the transaction began; run it again",
+                writer.id) from error
         session = self.sessionmaker(mode="writer")
         committing: tuple[Instance, str, T] | None = None  # writer, marker, fn's result
         try:

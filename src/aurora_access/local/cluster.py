@@ -10,8 +10,9 @@ Addresses come from the port, so two clusters on different ports never collide: 
 ``.3``, and instance ``N`` (11, 12, ...) is ``.N``, so ``AURORA_INSTANCE_HOST_PATTERN`` is
 ``127.60.72.?``.
 
-What is engine-specific (templates, replication, promotion) sits behind ``PostgresServers``;
-this module only orchestrates: processes, faults, endpoints, state on disk.
+What is engine-specific (templates, replication, promotion) sits behind ``PostgresServers`` and
+``MariaDbServers`` (``engine="mysql"``); this module only orchestrates: processes, faults,
+endpoints, state on disk.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from ..errors import LocalClusterError
 from ..topology import Instance, Role
 from . import processes
 from .endpoints import EndpointControl
+from .mysql import MariaDbServers
 from .postgresql import PostgresServers, check_identifier
 from .tls import make_certificates
 
@@ -54,6 +56,9 @@ MAX_READERS = 15
 START_TIMEOUT_S = 60.0
 
 T = TypeVar("T")
+
+_ENGINES: dict[str, type[PostgresServers] | type[MariaDbServers]] = {
+    "postgresql": PostgresServers, "mysql": MariaDbServers}
 
 
 def default_cache_dir() -> Path:
@@ -110,8 +115,10 @@ class LocalCluster:
     and ``close()``. ``LocalCluster.attach(dir)`` takes over a cluster that another process
     (``aurora-access local up``) left running.
 
-    Commits are synchronous to at least one reader, so an acknowledged commit survives
-    ``failover()`` as on Aurora. ``replica_lag_ms`` delays applying commits on readers.
+    ``engine`` is ``"postgresql"`` or ``"mysql"`` (MariaDB servers). Commits are synchronous
+    (MariaDB: semi-synchronous) to at least one reader, so an acknowledged commit survives
+    ``failover()`` as on Aurora. ``replica_lag_ms`` delays applying commits on readers; MariaDB
+    delays in whole seconds, so there it is rounded up to whole seconds (0 stays 0).
     ``endpoint_delay_s`` keeps the cluster endpoint on the old writer that long after a
     failover (Aurora's DNS lag).
     """
@@ -130,9 +137,9 @@ class LocalCluster:
         password: str | None = None,
         tls: bool = False,
     ) -> None:
-        if engine != "postgresql":
-            raise LocalClusterError(
-                f"engine {engine!r} is not supported by the local cluster yet; use 'postgresql'")
+        if engine not in _ENGINES:
+            raise LocalClusterError(f"engine {engine!r} is not supported by the local cluster; "
+                                    f"use one of {', '.join(map(repr, _ENGINES))}")
         if not 0 <= readers <= MAX_READERS:
             raise LocalClusterError(f"readers must be between 0 and {MAX_READERS}, not {readers}")
         if replica_lag_ms < 0 or endpoint_delay_s < 0:
@@ -140,7 +147,7 @@ class LocalCluster:
         self.engine = engine
         self.replica_lag_ms = int(replica_lag_ms)
         self.endpoint_delay_s = float(endpoint_delay_s)
-        self.port = int(port) if port is not None else PostgresServers.default_port
+        self.port = int(port) if port is not None else _ENGINES[engine].default_port
         if not 1024 <= self.port <= 65535:
             raise LocalClusterError(f"port must be between 1024 and 65535, not {self.port}")
         self.database = check_identifier("database", database)
@@ -163,7 +170,7 @@ class LocalCluster:
         self._forwarder_pid: int | None = None
         self._control = EndpointControl(f"aurora-access-{self.prefix}-{self.port}")
         self._server_user = processes.ServerUser.for_this_process()
-        self._servers = PostgresServers(self._server_user, self.port, default_cache_dir())
+        self._servers = _ENGINES[engine](self._server_user, self.port, default_cache_dir())
         self._lock = threading.RLock()
         self.started_in_s: float | None = None
         self.recovered_stale: list[str] = []
@@ -218,6 +225,7 @@ class LocalCluster:
             self._parallel([partial(self._servers.wait_ready, self._home(n), n.host, deadline)
                             for n in self._nodes])
             self._servers.configure_app(writer.host, self.database, self.user, self.password)
+            self._servers.record_topology(writer.host, writer.id, ids, self.replica_lag_ms)
             self._wait_streaming([n.id for n in self.reader_nodes], deadline)
             self._start_forwarder()
             self._save()
@@ -252,7 +260,8 @@ class LocalCluster:
         for node in self._nodes:
             home = self._home(node)
             if home.exists():
-                if not (home / "instance.conf").exists() and any(home.iterdir()):
+                if not any((home / conf).exists() for conf in ("instance.conf", "my.cnf")) \
+                        and any(home.iterdir()):
                     raise LocalClusterError(f"{home} exists and is not a local-cluster instance; "
                                             "choose another --dir")
                 shutil.rmtree(home)
@@ -276,6 +285,7 @@ class LocalCluster:
                 if node.pid:
                     processes.wait_or_kill(node.pid)
                 node.pid, node.state = None, "stopped"
+            self._wait_closed(self._nodes)
             for child in self._children.values():
                 with contextlib.suppress(Exception):
                     child.wait(1)
@@ -390,7 +400,11 @@ class LocalCluster:
     def peer_wrapper_args(self) -> tuple[str, dict[str, object]]:
         """Conninfo and properties with which aws-advanced-python-wrapper, unmodified, treats
         this cluster as Aurora PostgreSQL: ``AwsWrapperConnection.connect(
-        psycopg.Connection.connect, conninfo, plugins=..., **properties)``."""
+        psycopg.Connection.connect, conninfo, plugins=..., **properties)``. PostgreSQL only:
+        the wrapper's Aurora MySQL dialect needs ``information_schema.replica_host_status``
+        and ``@@aurora_server_id``, which MariaDB cannot have."""
+        if self.engine != "postgresql":
+            raise LocalClusterError("peer_wrapper_args needs engine='postgresql'")
         conninfo = (f"host={self.cluster_host} port={self.port} dbname={self.database} "
                     f"user={self.user} password={self.password}")
         return conninfo, {
@@ -497,6 +511,8 @@ class LocalCluster:
             deadline = time.monotonic() + START_TIMEOUT_S
             self._servers.promote(new.host, deadline)
             promoted_s = time.monotonic() - began
+            self._servers.record_topology(new.host, new.id, [n.id for n in self._nodes],
+                                          self.replica_lag_ms)
             new.role, old.role = "writer", "reader"
             others = [n for n in candidates if n is not new]
             self._control.route(new.host, [n.host for n in others], self.endpoint_delay_s)
@@ -560,6 +576,7 @@ class LocalCluster:
         return next(n for n in self._nodes if n.role == "writer")
 
     def _spawn(self, node: _Node) -> None:
+        self._wait_closed([node])  # after a crash
         child = self._servers.start(self._home(node))
         self._children[child.pid] = child
         node.pid, node.state = child.pid, "running"
@@ -580,6 +597,15 @@ class LocalCluster:
         processes.wait_or_kill(node.pid)
         self._children.pop(node.pid, None)
         node.state = "crashed"
+
+    def _wait_closed(self, nodes: list[_Node]) -> None:
+        """A killed multi-threaded server (mariadbd) looks dead, its main thread a zombie,
+        some 10 ms before its last thread has closed its sockets: wait for them, so that the
+        address is free again (to start it again, and for ``local down``'s check)."""
+        addresses = {f"{n.host}:{self.port}" for n in nodes}
+        deadline = time.monotonic() + 5
+        while addresses & set(_listening()) and time.monotonic() < deadline:
+            time.sleep(0.002)
 
     def _wait_streaming(self, reader_ids: list[str], deadline: float) -> None:
         wanted = set(reader_ids)

@@ -32,7 +32,7 @@ from typing import Any
 import psycopg
 
 from ..errors import LocalClusterError
-from .processes import ServerUser
+from .processes import ServerUser, cached_template
 from .tls import TlsFiles
 
 DEFAULT_PORT = 15432
@@ -228,24 +228,8 @@ class PostgresServers:
 
     def template(self) -> Path:
         """The cached template PGDATA, made on first use (about 1-2 s)."""
-        path = self.cache_dir / f"pg-{self.server_version()}-{_TEMPLATE_KEY}"
-        if (path / "PG_VERSION").exists():
-            return path
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        work = self.cache_dir / f"building-{os.getpid()}-{time.monotonic_ns()}"
-        work.mkdir(mode=0o755)
-        self.user.chown(self.cache_dir)
-        self.user.chown(work)
-        try:
-            self._build_template(work)
-            try:
-                (work / "data").rename(path)
-            except OSError:
-                if not (path / "PG_VERSION").exists():  # not merely a concurrent builder's win
-                    raise
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        return path
+        return cached_template(self.cache_dir, f"pg-{self.server_version()}-{_TEMPLATE_KEY}",
+                               self.user, "PG_VERSION", self._build_template)
 
     def _build_template(self, work: Path) -> None:
         data = work / "data"
@@ -369,6 +353,11 @@ class PostgresServers:
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
                                 (database,)).fetchone():
                 conn.execute(f"CREATE DATABASE {database} OWNER {user}".encode())
+
+    def record_topology(self, writer_host: str, writer_id: str, instance_ids: list[str],
+                        replica_lag_ms: int) -> None:
+        """Nothing to record: ``aurora_replica_status()`` computes the topology live from
+        ``pg_stat_replication`` on the writer."""
 
     def replica_lags(self, writer_host: str) -> dict[str, float]:
         """``aurora_replica_status()`` on the writer: instance id -> replica lag in ms."""

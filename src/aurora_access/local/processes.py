@@ -10,11 +10,12 @@ import contextlib
 import errno
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,3 +200,29 @@ def is_listening(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.settimeout(0.5)
         return probe.connect_ex((host, port)) == 0
+
+
+def cached_template(cache_dir: Path, name: str, user: ServerUser, complete: str,
+                    build: Callable[[Path], None]) -> Path:
+    """``cache_dir/name``, made on first use: ``build(work)`` fills ``work/data``, which is then
+    renamed into place (so a half-built template is never used); ``complete`` is a path
+    inside the template that exists once it is whole. Concurrent builders may race: the
+    first rename wins and the others use its result."""
+    path = cache_dir / name
+    if (path / complete).exists():
+        return path
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    work = cache_dir / f"building-{os.getpid()}-{time.monotonic_ns()}"
+    work.mkdir(mode=0o755)
+    user.chown(cache_dir)
+    user.chown(work)
+    try:
+        build(work)
+        try:
+            (work / "data").rename(path)
+        except OSError:
+            if not (path / complete).exists():  # not merely a concurrent builder's win
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return path

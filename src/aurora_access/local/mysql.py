@@ -1,0 +1,506 @@
+"""MariaDB servers for the local cluster: template, replication, promotion, Aurora metadata.
+
+Every piece of MariaDB-specific SQL and server handling of the local cluster lives here;
+``cluster.py`` orchestrates through the same methods as ``PostgresServers``.
+
+How an instance is laid out (``<cluster dir>/<instance id>/``):
+
+- ``data/``: the datadir, a copy of a cached template made once by ``mariadb-install-db``, with
+  the binary log and relay log inside it (so a rebuild removes them too);
+- ``my.cnf``: the whole server configuration (``mariadbd --defaults-file``), outside the datadir;
+- ``replication.json``: the writer this instance follows (none for the writer) and its delay,
+  what ``wait_ready`` makes true once the server accepts connections;
+- ``server.log``, the socket and the pid file.
+
+Aurora MySQL's topology table ``information_schema.replica_host_status`` cannot be added to
+MariaDB's information_schema, so the template holds a view with its column names,
+``aurora_local.replica_host_status``, over a table that ``record_topology`` rewrites on the
+writer and replication carries to the readers. An instance's id is its ``@@server_id``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pymysql.cursors
+
+from ..errors import LocalClusterError
+from .processes import ServerUser, cached_template
+from .tls import TlsFiles
+
+DEFAULT_PORT = 13306
+SUPERUSER = "root"
+# Past this a commit stops waiting for a reader's acknowledgement and the writer replicates
+# asynchronously until a reader has caught up again (then semi-sync switches back on).
+SEMI_SYNC_TIMEOUT_MS = 5000
+REPLICATION_FILE = "replication.json"
+
+# Shared by the template server and every instance (InnoDB's files must match).
+_SERVER_CNF = f"""
+# aurora-access local cluster (test data only: durability comes from semi-synchronous replication;
+# a crash of the process, which is all we emulate, loses nothing the OS has been handed)
+skip-name-resolve
+performance-schema = OFF
+character-set-server = utf8mb4
+collation-server = utf8mb4_general_ci
+max-connections = 300
+table-open-cache = 400
+innodb-buffer-pool-size = 32M
+innodb-log-file-size = 16M
+innodb-flush-method = fsync
+innodb-use-native-aio = 0
+innodb-flush-log-at-trx-commit = 2
+sync-binlog = 0
+binlog-format = ROW
+log-slave-updates = ON
+gtid-strict-mode = ON
+slave-net-timeout = 10
+rpl-semi-sync-master-enabled = ON
+rpl-semi-sync-slave-enabled = ON
+rpl-semi-sync-master-wait-point = AFTER_SYNC
+rpl-semi-sync-master-wait-no-slave = OFF
+rpl-semi-sync-master-timeout = {SEMI_SYNC_TIMEOUT_MS}
+"""
+
+# Made in the template with the binary log off, so every instance starts with it and an empty
+# GTID history. The view has Aurora MySQL's column names.
+_METADATA_SQL = """
+CREATE USER 'root'@'127.%';
+GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.%' WITH GRANT OPTION;
+CREATE DATABASE aurora_local;
+CREATE TABLE aurora_local.instances (
+  server_id varchar(64) PRIMARY KEY,
+  session_id varchar(100) NOT NULL,
+  replica_lag_in_milliseconds double NOT NULL
+);
+CREATE TABLE aurora_local.heartbeat (id int PRIMARY KEY, written_at datetime(6) NOT NULL);
+CREATE SQL SECURITY DEFINER VIEW aurora_local.replica_host_status AS
+  SELECT server_id AS SERVER_ID, session_id AS SESSION_ID, 0 AS IOPS, 0 AS READ_IOS,
+         0 AS PENDING_READ_IOS, 0.0 AS CPU, NULL AS DURABLE_LSN, 0 AS LAST_TRANSPORT_ERROR,
+         NULL AS LAST_ERROR_TIMESTAMP, utc_timestamp(6) AS LAST_UPDATE_TIMESTAMP,
+         replica_lag_in_milliseconds * 1000 AS MASTER_SLAVE_LATENCY_IN_MICROSECONDS,
+         replica_lag_in_milliseconds AS REPLICA_LAG_IN_MILLISECONDS, 1 AS IS_CURRENT
+  FROM aurora_local.instances
+"""
+
+_INSTALL_ARGS = ("--no-defaults", "--auth-root-authentication-method=normal", "--skip-test-db",
+                 "--innodb-log-file-size=16M")
+
+# The template's identity: a change here or in the server's version makes a new template.
+_TEMPLATE_KEY = hashlib.sha256(
+    (_SERVER_CNF + _METADATA_SQL + " ".join(_INSTALL_ARGS)).encode()).hexdigest()[:12]
+
+_BINARIES = ("mariadbd", "mariadb-install-db")
+
+# Accounts and topology live in Aurora's shared storage, so no reader lags behind on them: a
+# session that changes them backdates its events, and MASTER_DELAY (which counts from an
+# event's timestamp) applies them on readers at once.
+_UNDELAYED = "SET timestamp = unix_timestamp() - 86400"
+
+
+def find_binaries() -> dict[str, Path]:
+    """MariaDB's server binaries by name, or an error saying how to install them."""
+    override = os.environ.get("AURORA_LOCAL_MARIADB_BINDIR")
+    dirs = [Path(override)] if override else [Path("/usr/sbin"), Path("/usr/bin")]
+    found: dict[str, Path] = {}
+    for name in _BINARIES:
+        on_path = None if override else shutil.which(name)
+        candidates = [Path(on_path)] if on_path else [d / name for d in dirs]
+        hit = next((c for c in candidates if c.is_file()), None)
+        if hit is not None:
+            found[name] = hit
+    missing = [name for name in _BINARIES if name not in found]
+    if missing:
+        where = override or "PATH, /usr/sbin and /usr/bin"
+        raise LocalClusterError(
+            f"MariaDB server binaries ({', '.join(missing)}) not found in {where}. Install "
+            "them (Debian/Ubuntu: apt-get install mariadb-server; Fedora: dnf install "
+            "mariadb-server) or point AURORA_LOCAL_MARIADB_BINDIR at their directory.")
+    return found
+
+
+def replica_delay_s(replica_lag_ms: int) -> int:
+    """MariaDB delays replicas in whole seconds: the lag is rounded up (0 stays 0)."""
+    return math.ceil(replica_lag_ms / 1000)
+
+
+def _gtid_seq(position: str | None) -> int:
+    """The highest sequence number in a GTID position (``domain-server-seq[,...]``)."""
+    return max((int(g.rsplit("-", 1)[1]) for g in (position or "").split(",") if g.strip()),
+               default=0)
+
+
+class MariaDbServers:
+    """Makes, starts, promotes and rebuilds local MariaDB instances of one cluster.
+
+    Replication is GTID-based and semi-synchronous (AFTER_SYNC): a commit is acknowledged
+    once at least one reader has it in its relay log, so it survives ``failover()``. A writer
+    with no reader connected, or whose readers have not acknowledged within
+    ``SEMI_SYNC_TIMEOUT_MS``, replicates asynchronously until a reader has caught up; so does
+    a new writer for the few ms until a repointed reader has caught up with it (``failover()``
+    returns after that: ``probe_write``), and a second crash inside that window could lose
+    those commits, which Aurora would not.
+
+    Replica lag is emulated with ``MASTER_DELAY``, which counts whole seconds: ``replica_lag_ms``
+    is rounded up to whole seconds (300 ms lag becomes 1 s; 0 stays 0).
+    """
+
+    engine = "mysql"
+    crash_signal = signal.SIGKILL  # one process; InnoDB and the binary log recover from it
+    stop_signal = signal.SIGTERM
+    default_port = DEFAULT_PORT
+    url_scheme = "mysql+pymysql"
+
+    def __init__(self, user: ServerUser, port: int, cache_dir: Path) -> None:
+        self.user = user
+        self.port = port
+        self.binaries = find_binaries()
+        self.cache_dir = cache_dir
+
+    # -- template -----------------------------------------------------------------------
+
+    @functools.cached_property
+    def server_version(self) -> str:
+        """Asked once: ``mariadbd --version`` takes 30 ms and ``rewind`` needs the template."""
+        out = subprocess.run([str(self.binaries["mariadbd"]), "--version"], capture_output=True,
+                             text=True, check=True).stdout
+        return out.split(" Ver ", 1)[1].split()[0]
+
+    def template(self) -> Path:
+        """The cached template datadir, made on first use (about 1 s)."""
+        return cached_template(self.cache_dir, f"mariadb-{self.server_version}-{_TEMPLATE_KEY}",
+                               self.user, "aurora_local", self._build_template)
+
+    def _build_template(self, work: Path) -> None:
+        data, sock = work / "data", work / "sock"
+        self.user.run([self.binaries["mariadb-install-db"], *_INSTALL_ARGS, f"--datadir={data}"])
+        conf = work / "my.cnf"
+        conf.write_text(f"[mariadbd]\n{_SERVER_CNF}\ndatadir = {data}\nsocket = {sock}\n"
+                        f"pid-file = {work / 'mariadbd.pid'}\nskip-networking\nskip-log-bin\n")
+        server = self.user.popen([self.binaries["mariadbd"], f"--defaults-file={conf}"],
+                                 work / "template.log", detach=True)
+        try:
+            conn = self._wait_connect(
+                lambda: pymysql.connect(unix_socket=str(sock), user=SUPERUSER, autocommit=True),
+                time.monotonic() + 30, "the template server", work / "template.log")
+            with conn, conn.cursor() as cur:
+                # the install's other root accounts (by host name, ::1) are not ours to keep
+                cur.execute("SELECT host FROM mysql.user WHERE user = 'root' "
+                            "AND host <> 'localhost'")
+                for (host,) in cur.fetchall():
+                    cur.execute("DROP USER 'root'@%s", (host,))
+                for statement in _METADATA_SQL.split(";"):
+                    if statement.strip():
+                        cur.execute(statement)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(30)
+
+    # -- instances ----------------------------------------------------------------------
+
+    def create(self, home: Path, template: Path) -> subprocess.Popen[bytes]:
+        """Start copying the template into ``home/data``; the caller waits for the copy."""
+        return self.user.popen(["cp", "-a", template, home / "data"])
+
+    def configure(self, home: Path, instance_id: str, host: str, all_ids: list[str],
+                  writer_host: str, replica_lag_ms: int, reader: bool,
+                  tls: TlsFiles | None = None) -> None:
+        """Write the instance's ``my.cnf`` and whom it follows (a reader: ``writer_host``)."""
+        lines = [
+            "[mariadbd]", _SERVER_CNF,
+            f"datadir = {home / 'data'}",
+            f"socket = {home / 'mariadbd.sock'}",
+            f"pid-file = {home / 'mariadbd.pid'}",
+            "log-bin = binlog",
+            "relay-log = relay",
+            f"server-id = {int(instance_id)}",
+            f"bind-address = {host}",
+            f"port = {self.port}",
+            f"report-host = {host}",
+            f"report-port = {self.port}",
+            f"read-only = {'ON' if reader else 'OFF'}",
+        ]
+        if tls is not None:
+            lines += [f"ssl-cert = {tls.server_cert}", f"ssl-key = {tls.server_key}"]
+        conf = home / "my.cnf"
+        conf.write_text("\n".join(lines) + "\n")
+        self.user.chown(conf)
+        self._write_replication(home, writer_host if reader else None,
+                                replica_delay_s(replica_lag_ms))
+
+    def start(self, home: Path) -> subprocess.Popen[bytes]:
+        return self.user.popen([self.binaries["mariadbd"], f"--defaults-file={home / 'my.cnf'}"],
+                               home / "server.log", detach=True)
+
+    def admin_url(self, host: str, dbname: str) -> str:
+        return f"{self.url_scheme}://{SUPERUSER}@{host}:{self.port}/{dbname}"
+
+    def connect(self, host: str, timeout: float = 2,
+                read_timeout: float = 30) -> pymysql.connections.Connection[Any]:
+        """A superuser autocommit connection without TLS (PyMySQL would otherwise build a TLS
+        context on every connect: 28 ms against 0.2 ms). ``read_timeout`` bounds the
+        handshake too: a frozen server accepts TCP connections and never answers."""
+        return pymysql.connect(host=host, port=self.port, user=SUPERUSER, autocommit=True,
+                               connect_timeout=timeout, read_timeout=read_timeout,
+                               write_timeout=read_timeout, ssl_disabled=True)
+
+    @staticmethod
+    def _wait_connect(connect: Callable[[], pymysql.connections.Connection[Any]],
+                      deadline: float, what: str,
+                      log: Path) -> pymysql.connections.Connection[Any]:
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                return connect()
+            except pymysql.err.OperationalError as exc:
+                last = exc
+                time.sleep(0.01)
+        tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+        raise LocalClusterError(f"{what} did not accept connections in time ({last}); "
+                                f"its log ends with:\n{tail}")
+
+    def wait_ready(self, home: Path, host: str, deadline: float) -> None:
+        """Wait until the instance accepts connections; a reader whose replication is not
+        set up for the writer it follows gets it set up and started (a restarted reader keeps
+        its own and restarts it by itself)."""
+        conn = self._wait_connect(lambda: self.connect(host), deadline,
+                                  f"instance at {host}:{self.port}", home / "server.log")
+        with conn:
+            writer_host, delay_s = self._read_replication(home)
+            if writer_host is None:
+                return
+            status = _slave_status(conn)
+            if status is not None and status["Master_Host"] == writer_host:
+                return
+            # started before the writer listens, the replica would retry only after 1 s
+            self._wait_reachable(writer_host, deadline)
+            self._change_master(conn, writer_host, delay_s)
+
+    def _wait_reachable(self, host: str, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            try:
+                self.connect(host, timeout=1, read_timeout=1).close()
+                return
+            except pymysql.err.OperationalError:
+                time.sleep(0.005)
+
+    def _change_master(self, conn: pymysql.connections.Connection[Any], writer_host: str,
+                       delay_s: int) -> None:
+        with conn.cursor() as cur:
+            cur.execute("STOP SLAVE")
+            cur.execute(f"CHANGE MASTER TO MASTER_HOST = %s, MASTER_PORT = {self.port}, "
+                        f"MASTER_USER = '{SUPERUSER}', MASTER_PASSWORD = '', "
+                        "MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1, "
+                        f"MASTER_DELAY = {delay_s}", (writer_host,))
+            cur.execute("START SLAVE")
+
+    @staticmethod
+    def _write_replication(home: Path, writer_host: str | None, delay_s: int) -> None:
+        path = home / REPLICATION_FILE
+        path.write_text(json.dumps({"writer_host": writer_host, "delay_s": delay_s}))
+
+    @staticmethod
+    def _read_replication(home: Path) -> tuple[str | None, int]:
+        state = json.loads((home / REPLICATION_FILE).read_text())
+        return state["writer_host"], int(state["delay_s"])
+
+    def configure_app(self, writer_host: str, database: str, user: str, password: str) -> None:
+        """Make the application's database and user with narrow grants: a global ALL would
+        include READ ONLY ADMIN, with which it could write on a read-only reader. Runs on
+        the writer; replication carries it to the readers."""
+        account = f"'{user}'@'%%'"
+        pattern = database.replace("_", r"\_")  # '_' is a wildcard in a grant's database
+        with self.connect(writer_host) as conn, conn.cursor() as cur:
+            cur.execute(_UNDELAYED)
+            cur.execute(f"CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4")
+            cur.execute(f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY %s", (password,))
+            cur.execute(f"ALTER USER {account} IDENTIFIED BY %s", (password,))
+            cur.execute(f"GRANT ALL PRIVILEGES ON `{pattern}`.* TO {account}", ())
+            cur.execute(f"GRANT SELECT ON aurora_local.* TO {account}", ())
+
+    def record_topology(self, writer_host: str, writer_id: str, instance_ids: list[str],
+                        replica_lag_ms: int) -> None:
+        """Rewrite ``aurora_local.instances`` on the writer: replication carries it to every
+        reader (undelayed), so ``aurora_local.replica_host_status`` answers the same
+        everywhere."""
+        lag_ms = replica_delay_s(replica_lag_ms) * 1000.0
+        rows = [(i, "MASTER_SESSION_ID", 0.0) if i == writer_id else (i, f"replica-{i}", lag_ms)
+                for i in instance_ids]
+        with self.connect(writer_host) as conn, conn.cursor() as cur:
+            cur.execute(_UNDELAYED)
+            cur.execute("BEGIN")
+            cur.execute("DELETE FROM aurora_local.instances")
+            cur.executemany("INSERT INTO aurora_local.instances VALUES (%s, %s, %s)", rows)
+            cur.execute("COMMIT")
+
+    def streaming_readers(self, writer_host: str) -> set[str]:
+        """Ids of the readers that replicate from the writer: registered with it, both
+        replication threads running, and everything the writer had logged received."""
+        with self.connect(writer_host) as conn, conn.cursor() as cur:
+            cur.execute("SELECT @@gtid_binlog_pos")
+            target = _gtid_seq(_one(cur))
+            cur.execute("SHOW SLAVE HOSTS")
+            registered = [(str(r[0]), str(r[1])) for r in cur.fetchall()]
+        return {server_id for server_id, host in registered
+                if self._replicates_from(host, writer_host, target)}
+
+    def _replicates_from(self, host: str, writer_host: str, target: int) -> bool:
+        try:
+            with self.connect(host, timeout=1, read_timeout=2) as conn:
+                status = _slave_status(conn)
+        except pymysql.err.OperationalError:
+            return False
+        return (status is not None and status["Master_Host"] == writer_host
+                and status["Slave_IO_Running"] == "Yes" and status["Slave_SQL_Running"] == "Yes"
+                and _gtid_seq(status["Gtid_IO_Pos"]) >= target)
+
+    def replica_lags(self, writer_host: str) -> dict[str, float]:
+        """``aurora_local.replica_host_status`` on the writer: instance id -> replica lag in
+        ms, for the writer and the readers connected to it."""
+        with self.connect(writer_host) as conn, conn.cursor() as cur:
+            cur.execute("SHOW SLAVE HOSTS")
+            connected = {str(r[0]) for r in cur.fetchall()}
+            cur.execute("SELECT SERVER_ID, SESSION_ID, REPLICA_LAG_IN_MILLISECONDS "
+                        "FROM aurora_local.replica_host_status")
+            rows = cur.fetchall()
+        return {r[0]: float(r[2]) for r in rows
+                if r[1] == "MASTER_SESSION_ID" or r[0] in connected}
+
+    def receive_position(self, host: str) -> int | None:
+        """The sequence number of the newest transaction a reader has received or applied;
+        None if unreachable."""
+        try:
+            with self.connect(host, timeout=1, read_timeout=1) as conn:
+                status = _slave_status(conn)
+                with conn.cursor() as cur:
+                    cur.execute("SELECT @@gtid_slave_pos")
+                    applied = _one(cur)
+        except pymysql.err.OperationalError:
+            return None
+        received = status["Gtid_IO_Pos"] if status is not None else ""
+        return max(_gtid_seq(received), _gtid_seq(applied))
+
+    def promote(self, host: str, deadline: float) -> None:
+        """Apply everything the reader received (at once, whatever its delay), stop
+        replicating and accept writes. The change is kept in ``my.cnf`` for a restart."""
+        with self.connect(host) as conn, conn.cursor() as cur:
+            cur.execute("STOP SLAVE IO_THREAD")
+            status = _slave_status(conn)
+            if status is not None:
+                self._apply_received(conn, status, deadline)
+            cur.execute("STOP SLAVE")
+            cur.execute("RESET SLAVE ALL")
+            cur.execute("SET GLOBAL read_only = OFF")
+            cur.execute("SELECT @@datadir")
+            home = Path(_one(cur)).parent
+        self._set_read_only(home, False)
+        self._write_replication(home, None, self._read_replication(home)[1])
+
+    def _apply_received(self, conn: pymysql.connections.Connection[Any],
+                        status: dict[str, Any], deadline: float) -> None:
+        """Wait until the SQL thread has applied every transaction received. ``Gtid_IO_Pos``
+        counts whole transactions only (measured: it stays put while a 50 MB transaction
+        streams in), so one the crashed writer sent in part is not waited for: no reader
+        acknowledged it, and it is rolled back."""
+        with conn.cursor() as cur:
+            if int(status["SQL_Delay"] or 0) > 0:
+                # CHANGE MASTER keeps the relay log when told where the SQL thread stands
+                cur.execute("STOP SLAVE")
+                status = _slave_status(conn) or status
+                cur.execute("CHANGE MASTER TO MASTER_DELAY = 0, RELAY_LOG_FILE = %s, "
+                            f"RELAY_LOG_POS = {int(status['Relay_Log_Pos'])}",
+                            (status["Relay_Log_File"],))
+                cur.execute("START SLAVE SQL_THREAD")
+            received = _gtid_seq(status["Gtid_IO_Pos"])
+            while True:
+                cur.execute("SELECT @@gtid_slave_pos")
+                if _gtid_seq(_one(cur)) >= received:
+                    return
+                now = _slave_status(conn)
+                if now is None or now["Slave_SQL_Running"] != "Yes":
+                    error = now and now["Last_SQL_Error"]
+                    raise LocalClusterError(f"{conn.host} stopped applying what it received "
+                                            f"from the writer: {error}")
+                if time.monotonic() > deadline:
+                    raise LocalClusterError(f"{conn.host} did not apply its relay log in time")
+                time.sleep(0.002)
+
+    def probe_write(self, host: str) -> None:
+        """Commit a write that a reader acknowledged (when a reader is connected), so the
+        moment this returns the writer accepts writes as durable as Aurora's. A new writer
+        commits asynchronously until a reader has caught up with it (semi-sync is off until
+        then): the write is repeated until one is acknowledged."""
+        deadline = time.monotonic() + SEMI_SYNC_TIMEOUT_MS / 1000
+        with self.connect(host) as conn, conn.cursor() as cur:
+            while True:
+                acknowledged = _semi_sync_status(cur)["Rpl_semi_sync_master_yes_tx"]
+                cur.execute("INSERT INTO aurora_local.heartbeat VALUES (1, now(6)) "
+                            "ON DUPLICATE KEY UPDATE written_at = now(6)")
+                status = _semi_sync_status(cur)
+                if (status["Rpl_semi_sync_master_yes_tx"] > acknowledged
+                        or status["Rpl_semi_sync_master_clients"] == 0
+                        or time.monotonic() > deadline):
+                    return
+                time.sleep(0.002)
+
+    def follow(self, home: Path, host: str, instance_id: str, writer_host: str) -> None:
+        """Point a running reader at a new writer and return once it is connected: it asks
+        the new writer for what follows its applied GTID position (the relay log of the old
+        writer is dropped)."""
+        delay_s = self._read_replication(home)[1]
+        self._write_replication(home, writer_host, delay_s)
+        deadline = time.monotonic() + SEMI_SYNC_TIMEOUT_MS / 1000
+        with self.connect(host) as conn:
+            self._change_master(conn, writer_host, delay_s)
+            while (status := _slave_status(conn)) is not None and \
+                    status["Slave_IO_Running"] != "Yes" and time.monotonic() < deadline:
+                time.sleep(0.002)
+
+    def rewind(self, home: Path, instance_id: str, writer_host: str) -> None:
+        """Turn a stopped former writer into a reader of ``writer_host`` (not started).
+
+        A crashed writer may have logged transactions that no reader received: its GTID
+        history then diverges from the new writer's, which strict GTID mode rejects. So it
+        is rebuilt from the template with an empty position and replays the new writer's
+        whole binary log (every instance logs everything since the cluster started)."""
+        template = self.template()
+        shutil.rmtree(home / "data")
+        self.user.run(["cp", "-a", template, home / "data"])
+        self._set_read_only(home, True)
+        self._write_replication(home, writer_host, self._read_replication(home)[1])
+
+    def _set_read_only(self, home: Path, read_only: bool) -> None:
+        conf = home / "my.cnf"
+        conf.write_text(re.sub(r"^read-only = .*$", f"read-only = {'ON' if read_only else 'OFF'}",
+                               conf.read_text(), flags=re.M))
+
+
+def _one(cur: pymysql.cursors.Cursor) -> Any:
+    row = cur.fetchone()
+    return None if row is None else row[0]
+
+
+def _slave_status(conn: pymysql.connections.Connection[Any]) -> dict[str, Any] | None:
+    with conn.cursor(pymysql.cursors.DictCursor) as cur:
+        cur.execute("SHOW SLAVE STATUS")
+        row: dict[str, Any] | None = cur.fetchone()
+    return row
+
+
+def _semi_sync_status(cur: pymysql.cursors.Cursor) -> dict[str, int]:
+    cur.execute("SHOW GLOBAL STATUS WHERE Variable_name IN "
+                "('Rpl_semi_sync_master_yes_tx', 'Rpl_semi_sync_master_clients')")
+    return {str(name): int(value) for name, value in cur.fetchall()}
