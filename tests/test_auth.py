@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import boto3
+import pymysql
 import pytest
 import time_machine
 from moto import mock_aws
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from aurora_access import AuroraAccessError, Database
 from aurora_access.auth import IamTokens, SecretCredentials
@@ -243,3 +247,65 @@ def test_database_logs_in_from_a_secret_and_follows_its_rotation(secrets: object
                 s.execute(text("INSERT INTO secret_probe VALUES (1)"))
         finally:
             db.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to add a PAM service in /etc/pam.d")
+def test_iam_through_the_cleartext_plugin_over_tls_as_on_aurora_mysql(
+        shm_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Aurora MySQL checks an IAM token with a server plugin that asks the client for the
+    password in clear (mysql_clear_password), which is safe only inside TLS. MariaDB does the
+    same with PAM and ``pam_use_cleartext_plugin``: a PAM service accepts exactly the token for
+    this clock, as Aurora accepts exactly a valid signature."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEY000000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example-secret-key-not-real-000000000000")
+    plugins: list[bytes] = []
+    process_auth = pymysql.connections.Connection._process_auth
+
+    def recording(self: Any, plugin_name: bytes, *args: Any) -> Any:
+        plugins.append(plugin_name)
+        return process_auth(self, plugin_name, *args)
+
+    monkeypatch.setattr(pymysql.connections.Connection, "_process_auth", recording)
+    expected = shm_dir / "expected-token"
+    check = shm_dir / "check-token"
+    check.write_text(f'#!/bin/bash\nIFS= read -r -d "" token\n[ "$token" = "$(cat {expected})" ]\n')
+    check.chmod(0o755)
+    with LocalCluster(engine="mysql", readers=0, port=free_port(0), tls=True) as cluster, \
+            time_machine.travel(FROZEN, tick=False):
+        service = Path(f"/etc/pam.d/aurora-access-test-{cluster.port}")
+        service.write_text(f"auth required pam_exec.so expose_authtok quiet {check}\n"
+                           "account required pam_permit.so\n")
+        try:
+            writer = cluster.writer
+            conf = cluster.dir / writer.id / "my.cnf"
+            conf.write_text(conf.read_text() + "plugin-load-add = auth_pam_v1\n"
+                            "pam-use-cleartext-plugin = ON\n")
+            cluster.restart(writer.id)
+            admin = create_engine(cluster.admin_url(writer.id), isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                conn.execute(text(f"CREATE USER 'iam'@'%' IDENTIFIED VIA pam USING "
+                                  f"'{service.name}'"))
+                conn.execute(text("GRANT ALL ON app.* TO 'iam'@'%'"))
+                conn.execute(text("GRANT SELECT ON aurora_local.* TO 'iam'@'%'"))
+            admin.dispose()
+            expected.write_text(IamTokens("iam", "us-east-1").token(writer.host, cluster.port))
+            expected.chmod(0o644)
+            env = {k: v for k, v in cluster.env().items() if k != "AURORA_PASSWORD"}
+            env.update(AURORA_CLUSTER_ENDPOINT=writer.host, AURORA_USER="iam",
+                       AURORA_IAM_AUTH="true", AURORA_REGION="us-east-1")
+            db = Database.from_env(env)  # verify-full with the cluster's CA
+            try:
+                with db.session() as s:
+                    s.execute(text("CREATE TABLE cleartext_probe (id int)"))
+                    s.execute(text("INSERT INTO cleartext_probe VALUES (1)"))
+                    assert s.execute(text(TLS_IN_USE["mysql"])).scalar()
+                with db.session() as s:
+                    assert s.execute(text("SELECT count(*) FROM cleartext_probe")).scalar() == 1
+            finally:
+                db.close()
+            assert b"mysql_clear_password" in plugins
+            with pytest.raises(AuroraAccessError, match="refused the login of user 'iam' with "
+                               "an IAM auth token"):
+                Database.from_env({**env, "AURORA_REGION": "eu-west-3"}).close()
+        finally:
+            service.unlink()
