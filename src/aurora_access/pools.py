@@ -110,6 +110,7 @@ class InstancePools:
             # nothing to roll back on return in autocommit
             options["pool_reset_on_return"] = None
         engine = create_engine(self._url(host, port), **options)
+        self._dialect.prepare_engine(engine)
         credentials, ours = self._credentials, self._dialect
 
         @event.listens_for(engine, "do_connect")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from sqlalchemy import Engine
+
 from ..errors import ConfigError
 from ..failover import ErrorKind
 from .mysql import MySqlDialect
@@ -39,6 +41,8 @@ class EngineDialect(Protocol):
         session's commit sends it)."""
 
     def is_auth_failure(self, error: BaseException) -> bool: ...
+
+    def prepare_engine(self, engine: Engine) -> None: ...
 
     def connected(self, dbapi_connection: Any) -> None: ...
 

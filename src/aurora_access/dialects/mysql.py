@@ -25,6 +25,8 @@ from types import MappingProxyType
 from typing import Any
 
 import pymysql
+from pymysql.constants import SERVER_STATUS
+from sqlalchemy import Engine
 
 from ..failover import ErrorKind
 
@@ -127,6 +129,21 @@ class MySqlDialect:
             return
         with socket.socket(fileno=os.dup(sock.fileno())) as dup:
             dup.shutdown(socket.SHUT_RDWR)
+
+    def prepare_engine(self, engine: Engine) -> None:
+        """SQLAlchemy ends every use of a connection with the DBAPI's ``rollback()``, also in
+        autocommit and after a COMMIT, where there is nothing to roll back; PyMySQL sends it
+        anyway, a round trip per read and per write. Skip it when the server's last status
+        flags (kept by PyMySQL, no round trip) say no transaction is open: the server raises
+        SERVER_STATUS_IN_TRANS from the first transactional statement after autocommit is
+        off, reads included, until COMMIT or ROLLBACK."""
+        rollback = engine.dialect.do_rollback
+
+        def do_rollback(dbapi_connection: Any) -> None:
+            if dbapi_connection.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS:
+                rollback(dbapi_connection)
+
+        engine.dialect.do_rollback = do_rollback  # type: ignore[method-assign]
 
     def connected(self, dbapi_connection: Any) -> None:
         """A new connection is open: its handshake timeout no longer applies."""

@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 import psycopg
+from sqlalchemy import Engine
 
 from ..failover import ErrorKind
 
@@ -94,6 +95,9 @@ class PostgresDialect:
         fd = dbapi_connection.pgconn.socket
         with socket.socket(fileno=os.dup(fd)) as sock:
             sock.shutdown(socket.SHUT_RDWR)
+
+    def prepare_engine(self, engine: Engine) -> None:
+        """Nothing to do: psycopg's rollback in autocommit sends nothing."""
 
     def connected(self, dbapi_connection: Any) -> None:
         """Nothing to do: libpq's connect_timeout covers the whole handshake."""
