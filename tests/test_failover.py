@@ -82,6 +82,21 @@ def test_a_write_transaction_cut_by_a_failover_must_be_replayed(
     assert db.topology().writer.id == new.id
 
 
+def test_a_flush_cut_by_a_failover_must_be_replayed(db: Database, cluster: LocalCluster) -> None:
+    """SQLAlchemy rolls the session back inside a failed flush, before the session sees the
+    error: the flush still counts as a write, so the caller is told to replay."""
+    old = cluster.writer
+    with pytest.raises(TransactionReplayRequired) as caught, db.session() as s:
+        s.add(Customer(id=9001, email="flush@example.com", name="cut flush"))
+        cluster.failover()
+        s.flush()  # on a pooled connection to the crashed writer
+    assert caught.value.instance == old.id
+    with db.session() as s:
+        s.add(Customer(id=9001, email="flush@example.com", name="replayed"))
+    with db.writer() as s:
+        assert s.get(Customer, 9001).name == "replayed"  # type: ignore[union-attr]
+
+
 def test_commit_outcomes_are_read_on_the_new_writer(db: Database, cluster: LocalCluster) -> None:
     db.run_transaction(lambda s: s.get(Customer, 2))  # makes the marker table
     insert = "INSERT INTO aurora_access_commit_markers (id) VALUES (%(id)s)"

@@ -82,7 +82,9 @@ class RoutingSession(Session):
         try:
             super().flush(objects)
         except DBAPIError as error:
-            self._after_failure(error, retry=False)
+            # a flush writes: its transaction is lost (SQLAlchemy has already rolled the
+            # session back, so ``wrote`` no longer says so)
+            self._after_failure(error, retry=False, writing=True)
 
     def commit(self) -> None:
         if self.wrote or self.has_pending_changes():
@@ -102,14 +104,14 @@ class RoutingSession(Session):
                 f"COMMIT ({kind.value}): the transaction may or may not have committed. Use "
                 "db.run_transaction() to have such outcomes resolved", instance.id) from error
 
-    def _after_failure(self, error: DBAPIError, retry: bool) -> None:
+    def _after_failure(self, error: DBAPIError, retry: bool, writing: bool = False) -> None:
         """Return to retry the statement; otherwise raise what the caller should see."""
         kind = self.router.dialect.classify(error)
         instance = self.last_instance
         if not kind.instance_failed or instance is None:
             raise error
         # a transaction that wrote, or one snapshot, cannot go on elsewhere: it is replayed
-        in_transaction = self.wrote or self.snapshot
+        in_transaction = writing or self.wrote or self.snapshot
         self._clean()
         self.router.instance_failed(instance, kind)  # may raise NoWriterAvailable
         if in_transaction:

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -677,8 +678,11 @@ def _listening() -> Iterator[str]:
 
 
 def free_port(readers: int = 2, first: int = 25432, tries: int = 200) -> int:
-    """A port whose cluster addresses (endpoints and ``readers + 1`` instances) are all free."""
-    for port in range(first, first + tries):
+    """A port in ``first`` .. ``first + tries - 1`` whose cluster addresses (endpoints and
+    ``readers + 1`` instances) are all free. The search starts at a random place in the range,
+    so that processes starting clusters at the same moment seldom pick the same port."""
+    start = random.randrange(tries)  # noqa: S311 - spreading, not secrecy
+    for port in (first + (start + k) % tries for k in range(tries)):
         prefix = address_prefix(port)
         octets = [CLUSTER_ENDPOINT_OCTET, READER_ENDPOINT_OCTET,
                   *range(FIRST_INSTANCE_OCTET, FIRST_INSTANCE_OCTET + readers + 1)]
