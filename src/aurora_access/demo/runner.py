@@ -1,0 +1,301 @@
+"""``aurora-access demo``: shop traffic through the library while the writer fails over.
+
+Without configuration it starts a local cluster (the engine of ``--engine``, 2 readers, the
+cluster endpoint lagging 5 s behind a failover as Aurora's DNS does), loads the catalogue and
+runs ``--threads`` shoppers for ``--duration`` seconds, failing the writer over every
+``--failover-every`` seconds. With ``AURORA_CLUSTER_ENDPOINT`` set it runs against that cluster
+instead and fails it over only when ``--failover-every`` is given, through RDS's
+``failover_db_cluster``.
+
+At the end every acknowledged order is looked for on the writer: the summary counts orders lost
+(acknowledged, absent), doubled (present twice, or present without having been acknowledged),
+stale reads (an order history, read right after its checkout, that missed it) and each
+failover's recovery time (from the failover's start to the end of the first checkout that began
+after it and succeeded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ..database import Database
+from ..local import LocalCluster, free_port
+from ..settings import Settings
+from .models import Order, OrderLine, Product, Stock
+from .shop import create_schema
+from .workload import Shopper, Tally, load_catalog
+
+CUSTOMERS = 1000
+STOCK_EACH = 10_000_000  # never sold out: an order refused for stock would be noise
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--duration", type=float, default=60.0, metavar="S")
+    parser.add_argument("--failover-every", type=float, default=None, metavar="S",
+                        help="seconds between writer failovers (local default 15; against "
+                             "AWS only when given)")
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--products", type=int, default=20_000,
+                        help="catalogue size (the case study has 500,000; 20,000 loads in "
+                             "about a second)")
+    parser.add_argument("--engine", choices=["postgresql", "mysql"], default="postgresql",
+                        help="engine of the local cluster")
+    parser.add_argument("--readers", type=int, default=2, help="readers of the local cluster")
+    parser.add_argument("--cluster-id", default=None,
+                        help="RDS cluster identifier for failovers against AWS (default: the "
+                             "first label of AURORA_CLUSTER_ENDPOINT)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the summary as one JSON object (the live view goes to "
+                             "stderr)")
+
+
+@dataclass
+class Failovers:
+    """How the demo fails the writer over: the local cluster, or RDS."""
+
+    fail: Callable[[], str]  # starts a failover, returns what it did
+    name: str
+
+
+def local_failovers(cluster: LocalCluster) -> Failovers:
+    return Failovers(lambda: str(cluster.failover()), "local cluster")
+
+
+def aws_failovers(settings: Settings, cluster_id: str | None,
+                  client: Any = None) -> Failovers:
+    """RDS ``failover_db_cluster`` on the cluster behind the endpoint. The cluster id is the
+    endpoint's first label (``shop.cluster-abc123.eu-west-1.rds.amazonaws.com`` -> ``shop``)
+    unless given."""
+    identifier = cluster_id or settings.cluster_endpoint.split(".", 1)[0]
+    if client is None:
+        import boto3  # noqa: PLC0415 - only needed against AWS
+
+        client = boto3.client("rds", region_name=settings.secret_region)
+
+    def fail() -> str:
+        client.failover_db_cluster(DBClusterIdentifier=identifier)
+        return f"failover_db_cluster({identifier}) requested"
+
+    return Failovers(fail, f"RDS cluster {identifier}")
+
+
+def run(args: argparse.Namespace, environ: dict[str, str] | None = None,
+        out: TextIO = sys.stdout, live: TextIO = sys.stderr, rds_client: Any = None) -> int:
+    """Run the demo; 0 if nothing was lost, doubled or read stale, else 1. ``rds_client``
+    replaces boto3's RDS client (tests)."""
+    environ = dict(os.environ if environ is None else environ)
+    with ExitStack() as stack:
+        if environ.get("AURORA_CLUSTER_ENDPOINT"):
+            settings = Settings.from_env(environ)
+            every = args.failover_every
+            failovers = aws_failovers(settings, args.cluster_id, rds_client) if every else None
+            where = f"{settings.engine} cluster at {settings.cluster_endpoint}"
+        else:
+            cluster = stack.enter_context(LocalCluster(
+                engine=args.engine, readers=args.readers, endpoint_delay_s=5.0,
+                port=free_port(args.readers)))
+            settings = Settings.from_env(cluster.env())
+            every = 15.0 if args.failover_every is None else args.failover_every
+            failovers = local_failovers(cluster) if every else None
+            where = (f"local {args.engine} cluster, {args.readers} readers, up in "
+                     f"{cluster.started_in_s:.2f} s")
+        print(f"demo: {where}", file=live)
+        db = Database(settings)
+        stack.callback(db.close)
+        began = time.monotonic()
+        create_schema(db.engine("writer"))
+        with db.writer() as s:
+            existing = s.scalar(select(func.count()).select_from(Product)) or 0
+        if existing:  # a cluster the demo ran on before: its catalogue is reused
+            args.products = existing
+            print(f"demo: reusing the {existing:,} products already there", file=live)
+        else:
+            load_catalog(db.engine("writer"), args.products, CUSTOMERS, STOCK_EACH)
+            print(f"demo: {args.products:,} products and {CUSTOMERS:,} customers loaded in "
+                  f"{time.monotonic() - began:.2f} s", file=live)
+        db.forget_commits()
+        summary = _traffic(db, args, failovers, every, live)
+    if args.json:
+        print(json.dumps(summary), file=out)
+    else:
+        _print_summary(summary, out)
+    bad = summary["orders_lost"] or summary["orders_doubled"] or summary["stale_reads"]
+    return 1 if bad else 0
+
+
+def _traffic(db: Database, args: argparse.Namespace, failovers: Failovers | None,
+             every: float | None, live: TextIO) -> dict[str, Any]:
+    tally = Tally()
+    stop = threading.Event()
+    per_thread = CUSTOMERS // args.threads
+    shoppers = [Shopper(db, tally, args.products,
+                        list(range(n * per_thread + 1, (n + 1) * per_thread + 1)), seed=n)
+                for n in range(args.threads)]
+    threads = [threading.Thread(target=s.run, args=(stop,), name=f"shopper-{n}", daemon=True)
+               for n, s in enumerate(shoppers)]
+    failed_at: list[float] = []
+    with db.writer() as s:
+        before = _stock_and_sold(s)
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    with _live_view(db, tally, started, failed_at, live):
+        next_failover = started + every if failovers and every else float("inf")
+        while (now := time.monotonic()) < started + args.duration:
+            if now >= next_failover and failovers is not None and every is not None:
+                failed_at.append(time.monotonic())
+                report = failovers.fail()
+                print(f"\ndemo: {report}", file=live)
+                next_failover += every
+            time.sleep(0.05)
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    elapsed = time.monotonic() - started
+    return _summary(db, tally, elapsed, failed_at, args, before)
+
+
+def _stock_and_sold(session: Session) -> tuple[int, int]:
+    stock = session.scalar(select(func.coalesce(func.sum(Stock.quantity), 0))) or 0
+    sold = session.scalar(select(func.coalesce(func.sum(OrderLine.quantity), 0))) or 0
+    return int(stock), int(sold)
+
+
+def _recovery(tally: Tally, failed_at: list[float]) -> list[float | None]:
+    """Per failover: from its start to the end of the first checkout that began after it."""
+    with tally.lock:
+        checkouts = sorted(tally.checkouts)
+    recoveries: list[float | None] = []
+    for at in failed_at:
+        done = [end for start, end in checkouts if start >= at]
+        recoveries.append(round(min(done) - at, 3) if done else None)
+    return recoveries
+
+
+def _summary(db: Database, tally: Tally, elapsed: float, failed_at: list[float],
+             args: argparse.Namespace, before: tuple[int, int]) -> dict[str, Any]:
+    attempted = sorted(tally.attempted)
+    with db.writer() as s:
+        present: Counter[str] = Counter()
+        for first in range(0, len(attempted), 1000):
+            present.update(s.scalars(select(Order.id).where(
+                Order.id.in_(attempted[first:first + 1000]))))
+        stock, sold = _stock_and_sold(s)
+    acknowledged, unknown = dict(tally.acknowledged), dict(tally.unknown)
+    lost = [o for o in acknowledged if o not in present]
+    # twice, or there without having been acknowledged (a failed attempt that wrote anyway)
+    doubled = [o for o, n in present.items()
+               if n > 1 or (o not in acknowledged and o not in unknown)]
+    kinds = Counter(kind for _, _, kind in tally.latencies)
+    stats = db.stats()
+    return {
+        "duration_s": round(elapsed, 1),
+        "threads": args.threads,
+        "orders_placed": len(acknowledged),
+        "orders_lost": len(lost),
+        "orders_doubled": len(doubled),
+        "orders_outcome_unknown": len(unknown),
+        "orders_outcome_unknown_present": sum(o in present for o in unknown),
+        "stale_reads": tally.stale_reads,
+        "stock_consistent": before[0] - stock == sold - before[1],
+        "failovers": len(failed_at),
+        "recovery_s": _recovery(tally, failed_at),
+        "operations": dict(kinds),
+        "operations_per_s": round(sum(kinds.values()) / elapsed, 1),
+        "latency_ms": _percentiles([d for _, d, _ in tally.latencies]),
+        "checkout_latency_ms": _percentiles(
+            [d for _, d, kind in tally.latencies if kind == "checkout"]),
+        "reads_on_readers": stats["reads_on_readers"],
+        "reads_on_writer": stats["reads_on_writer"],
+        "ryw_fallbacks": stats["ryw_fallbacks"],
+        "retries": stats["retries"],
+        "abandoned_rounds": dict(tally.failed),
+    }
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    if len(values) < 2:
+        return {"p50": None, "p99": None}
+    cuts = statistics.quantiles(values, n=100)
+    return {"p50": round(cuts[49] * 1000, 2), "p99": round(cuts[98] * 1000, 2)}
+
+
+@contextmanager
+def _live_view(db: Database, tally: Tally, started: float, failed_at: list[float],
+               live: TextIO) -> Iterator[None]:
+    """A status line a second: on a terminal redrawn in place, else one line each 5 s."""
+    done = threading.Event()
+    tty = live.isatty()
+
+    period = 1.0 if tty else 5.0
+
+    def draw() -> None:
+        while not done.wait(period):
+            now = time.monotonic()
+            with tally.lock:
+                window = [d for at, d, _ in tally.latencies if at > now - period]
+                orders = len(tally.acknowledged)
+            stats = db.stats()
+            recoveries = [f"{r:.2f}s" if r is not None else "..."
+                          for r in _recovery(tally, failed_at)]
+            pct = _percentiles(window)
+            line = (f"{now - started:5.0f} s  {len(window) / period:6.0f} ops/s  "
+                    f"orders {orders:6d}  reads readers/writer {stats['reads_on_readers']}/"
+                    f"{stats['reads_on_writer']}  p50 {pct['p50']} ms p99 {pct['p99']} ms  "
+                    f"failovers {len(failed_at)} recovered {' '.join(recoveries) or '-'}")
+            print(("\r\x1b[2K" + line) if tty else line, end="" if tty else "\n", file=live,
+                  flush=True)
+
+    thread = threading.Thread(target=draw, name="demo-live-view", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(5)
+        if tty:
+            print(file=live)
+
+
+def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
+    recoveries = ", ".join("not recovered" if r is None else f"{r:.2f} s"
+                           for r in summary["recovery_s"]) or "-"
+    rows = [
+        ("duration", f"{summary['duration_s']} s, {summary['threads']} shoppers"),
+        ("orders placed", summary["orders_placed"]),
+        ("orders lost (must be 0)", summary["orders_lost"]),
+        ("orders doubled (must be 0)", summary["orders_doubled"]),
+        ("stale reads (must be 0)", summary["stale_reads"]),
+        ("orders with unknown outcome", f"{summary['orders_outcome_unknown']} "
+                                        f"({summary['orders_outcome_unknown_present']} present)"),
+        ("stock consistent with orders", summary["stock_consistent"]),
+        ("failovers", summary["failovers"]),
+        ("recovery per failover", recoveries),
+        ("throughput", f"{summary['operations_per_s']} operations/s"),
+        ("latency p50 / p99", f"{summary['latency_ms']['p50']} / "
+                              f"{summary['latency_ms']['p99']} ms"),
+        ("checkout p50 / p99", f"{summary['checkout_latency_ms']['p50']} / "
+                               f"{summary['checkout_latency_ms']['p99']} ms"),
+        ("reads on readers / writer", f"{summary['reads_on_readers']} / "
+                                      f"{summary['reads_on_writer']}"),
+        ("read-your-writes fallbacks", summary["ryw_fallbacks"]),
+        ("transparent retries", summary["retries"]),
+        ("rounds abandoned (documented errors)", summary["abandoned_rounds"] or 0),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}", file=out)

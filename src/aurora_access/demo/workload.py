@@ -1,0 +1,161 @@
+"""The demo's shop traffic: what one shopper thread does, and what it records.
+
+A shopper browses (two product pages and a search), adds to its cart, and every other round
+checks out through ``run_transaction`` and reads its order history right away: the read that
+read-your-writes must make fresh. Each shopper has customers of its own, so shoppers never
+queue on each other's rows and a missing order can only be a stale read.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy.orm import Session
+
+from ..database import Database
+from ..errors import CommitOutcomeUnknown, FailoverError
+from .models import Cart, CartItem, Customer, Order, Product, Stock
+from .shop import place_order
+
+BATCH = 5000
+
+
+def load_catalog(engine: Engine, products: int, customers: int, stock_each: int) -> None:
+    """Products with stock and customers, in batches of multi-row inserts (the ORM's one
+    object at a time would take a minute for the case study's 500,000 products)."""
+    with engine.begin() as conn:
+        for first in range(1, products + 1, BATCH):
+            ids = range(first, min(first + BATCH, products + 1))
+            conn.execute(insert(Product), [
+                {"id": i, "sku": f"SKU-{i:07d}", "name": f"Product {i}",
+                 "price_cents": 100 + 7 * (i % 1000)} for i in ids])
+            conn.execute(insert(Stock), [{"product_id": i, "quantity": stock_each} for i in ids])
+        for first in range(1, customers + 1, BATCH):
+            conn.execute(insert(Customer), [
+                {"id": i, "email": f"customer{i}@example.com", "name": f"Customer {i}"}
+                for i in range(first, min(first + BATCH, customers + 1))])
+
+
+@dataclass
+class Tally:
+    """What the shoppers saw, shared by all of them (append under ``lock``)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    acknowledged: dict[str, int] = field(default_factory=dict)  # order id -> items
+    unknown: dict[str, int] = field(default_factory=dict)  # CommitOutcomeUnknown
+    failed: dict[str, int] = field(default_factory=dict)  # documented errors, by name
+    attempted: set[str] = field(default_factory=set)  # every order id a checkout tried
+    stale_reads: int = 0
+    # (finished at, seconds it took, kind) of every operation
+    latencies: list[tuple[float, float, str]] = field(default_factory=list)
+    # (started at, finished at) of every acknowledged checkout
+    checkouts: list[tuple[float, float]] = field(default_factory=list)
+
+    def timed(self, kind: str, began: float) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.latencies.append((now, now - began, kind))
+
+
+class Shopper:
+    """One thread of traffic; ``customers`` are this shopper's alone."""
+
+    def __init__(self, db: Database, tally: Tally, products: int, customers: list[int],
+                 seed: int) -> None:
+        self.db = db
+        self.tally = tally
+        self.products = products
+        self.customers = customers
+        self.rng = random.Random(seed)  # noqa: S311 - traffic, not secrets
+
+    def run(self, stop: threading.Event) -> None:
+        turn = 0
+        while not stop.is_set():
+            customer = self.customers[turn % len(self.customers)]
+            turn += 1
+            try:
+                self._round(customer, checkout=turn % 2 == 0)
+            except FailoverError as exc:  # documented: the round is abandoned, not lost
+                with self.tally.lock:
+                    name = type(exc).__name__
+                    self.tally.failed[name] = self.tally.failed.get(name, 0) + 1
+            finally:
+                self.db.forget_commits()  # the next round is a new visit
+
+    def _round(self, customer: int, checkout: bool) -> None:
+        for _ in range(2):
+            self._op("browse", lambda s: s.get(Product, self._product()))
+        prefix = f"Product {self.rng.randint(1, 99)}"
+        self._op("search", lambda s: s.scalars(
+            select(Product).where(Product.name.like(prefix + "%")).limit(20)).all())
+        self._op("cart", lambda s: add_to_cart(s, customer, self._product(),
+                                               self.rng.randint(1, 3)))
+        if checkout:
+            self._checkout(customer)
+
+    def _product(self) -> int:
+        return self.rng.randint(1, self.products)
+
+    def _op(self, kind: str, work: Callable[[Session], object]) -> None:
+        began = time.monotonic()
+        with self.db.session() as s:
+            work(s)
+        self.tally.timed(kind, began)
+
+    def _checkout(self, customer: int) -> None:
+        order_id = str(uuid.uuid4())
+        with self.tally.lock:
+            self.tally.attempted.add(order_id)
+        items: dict[str, int] = {}
+        began = time.monotonic()
+        try:
+            self.db.run_transaction(lambda s: checkout(s, customer, order_id, items),
+                                    max_attempts=10)
+        except CommitOutcomeUnknown:
+            with self.tally.lock:
+                self.tally.unknown[order_id] = items.get("count", 0)
+            return
+        finished = time.monotonic()
+        self.tally.timed("checkout", began)
+        with self.tally.lock:
+            self.tally.acknowledged[order_id] = items.get("count", 0)
+            self.tally.checkouts.append((began, finished))
+        began = time.monotonic()
+        with self.db.session() as s:  # the order history, right after checking out
+            recent = set(s.scalars(select(Order.id).where(Order.customer_id == customer)))
+        self.tally.timed("history", began)
+        if order_id not in recent:
+            with self.tally.lock:
+                self.tally.stale_reads += 1
+
+
+def add_to_cart(session: Session, customer_id: int, product_id: int, quantity: int) -> None:
+    cart = session.scalars(select(Cart).where(Cart.customer_id == customer_id)).first()
+    if cart is None:
+        cart = Cart(customer_id=customer_id)
+        session.add(cart)
+        session.flush()
+    item = session.get(CartItem, (cart.id, product_id))
+    if item is None:
+        session.add(CartItem(cart_id=cart.id, product_id=product_id, quantity=quantity))
+    else:
+        item.quantity += quantity
+
+
+def checkout(session: Session, customer_id: int, order_id: str, out: dict[str, int]) -> str:
+    """Order what is in the customer's cart and empty it; ``out["count"]``: items ordered."""
+    cart = session.scalars(select(Cart).where(Cart.customer_id == customer_id)).first()
+    lines = {} if cart is None else {i.product_id: i.quantity for i in cart.items}
+    if not lines:  # an empty cart (its items went with an earlier order): buy one thing
+        lines = {customer_id: 1}
+    place_order(session, customer_id, lines, order_id=order_id)
+    if cart is not None:
+        session.execute(delete(CartItem).where(CartItem.cart_id == cart.id))
+    out["count"] = sum(lines.values())
+    return order_id
