@@ -18,6 +18,8 @@ Cases:
 - read, peer wrapper: aws-advanced-python-wrapper on psycopg (read_write_splitting,
   failover_v2), ``read_only = True``, a read transaction (SELECT + COMMIT) per operation;
 - write, plain SQLAlchemy: ``Session(writer_engine)``, get a customer FOR UPDATE, rename, commit;
+- write, peer wrapper: the same as raw SQL on a wrapper connection left on the writer
+  (read_write_splitting, failover_v2): SELECT ... FOR UPDATE, UPDATE, COMMIT;
 - write, routed: the same in ``db.session()``, read-your-writes bookkeeping included;
 - write, run_transaction: the same through ``db.run_transaction`` (its commit marker, which lets
   a COMMIT cut off by a failover be resolved, included);
@@ -83,6 +85,7 @@ def main() -> None:
             host=reader.host, port=cluster.port, user=cluster.user, password=cluster.password,
             dbname=cluster.database, autocommit=True)
         peer = None if mysql else _peer_wrapper(cluster)
+        peer_writer = None if mysql else _peer_wrapper(cluster, read_only=False)
 
         def raw_read(i: int) -> object:
             cur = raw.cursor()
@@ -111,6 +114,16 @@ def main() -> None:
             peer.commit()
             return row
 
+        def peer_write(i: int) -> None:
+            assert peer_writer is not None
+            with peer_writer.cursor() as cur:
+                cur.execute("SELECT id, email, name FROM customers WHERE id = %s FOR UPDATE",
+                            (i % 100 + 1,))
+                cur.fetchone()
+                cur.execute("UPDATE customers SET name = %s WHERE id = %s",
+                            (f"peer {i}", i % 100 + 1))
+            peer_writer.commit()
+
         def plain_write(i: int) -> None:
             with Session(writer_engine) as s:
                 rename_customer(s, i % 100 + 1, f"plain {i}")
@@ -138,6 +151,7 @@ def main() -> None:
             "read, routed db.session() + get": routed_read,
             **({} if mysql else {"read, peer wrapper read transaction": peer_read}),
             "write, plain SQLAlchemy get FOR UPDATE + mutate + commit": plain_write,
+            **({} if mysql else {"write, peer wrapper write transaction (raw SQL)": peer_write}),
             "write, routed db.session(), same": routed_write,
             "write, run_transaction, same (commit marker included)": marked_write,
             "write then read, routed (read-your-writes)": routed_write_then_read,
@@ -155,8 +169,9 @@ def main() -> None:
                 cpu[name].append(used)
         stats = db.stats()
         raw.close()
-        if peer is not None:
-            peer.close()
+        for conn in (peer, peer_writer):
+            if conn is not None:
+                conn.close()
 
     median = {name: statistics.median(values) for name, values in timings.items()}
     median_cpu = {name: statistics.median(values) for name, values in cpu.items()}
@@ -179,21 +194,23 @@ def main() -> None:
     if not mysql:
         print(f"routed read / peer wrapper read: "
               f"{routed / median['read, peer wrapper read transaction']:.2f} (target <= 1)")
+        print(f"routed write / peer wrapper write: "
+              f"{routed_w / median['write, peer wrapper write transaction (raw SQL)']:.2f}")
     print(f"routed write / plain write: {routed_w / plain_w:.2f} (target <= 1.05)")
     print(f"run_transaction write / routed write: {marked_w / routed_w:.2f} "
           "(what resolving commit outcomes costs)")
     print(f"stats: {stats}")
 
 
-def _peer_wrapper(cluster: LocalCluster) -> Any:
+def _peer_wrapper(cluster: LocalCluster, read_only: bool = True) -> Any:
     conninfo, properties = cluster.peer_wrapper_args()
     conn = AwsWrapperConnection.connect(
         psycopg.Connection.connect, conninfo, plugins="read_write_splitting,failover_v2",
         **properties, autocommit=False)
-    conn.read_only = True  # moves the connection to a reader
+    conn.read_only = read_only  # True moves the connection to a reader
     with conn.cursor() as cur:
         cur.execute("SELECT pg_is_in_recovery()")
-        assert cur.fetchone()[0] is True, "the peer wrapper did not move to the reader"
+        assert cur.fetchone()[0] is read_only, "the peer wrapper is not where it was sent"
     conn.commit()
     return conn
 
