@@ -1,8 +1,9 @@
 """The ``aurora-access`` command line.
 
 ``aurora-access local up|status|failover|down`` runs the local Aurora-like cluster in the
-background; ``eval "$(aurora-access local up)"`` configures a shell for it. Every failure prints
-one clear line on stderr and exits non-zero.
+background; ``eval "$(aurora-access local up)"`` configures a shell for it. ``aurora-access
+check`` checks the ``AURORA_*`` configuration against its cluster (see ``check.py``). Every
+failure prints one clear line on stderr and exits non-zero.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import argparse
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .check import run_check
 from .errors import AuroraAccessError
 from .local import LocalCluster
 from .local.cluster import default_runtime_root
@@ -28,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aurora-access",
                                      description="Amazon Aurora access: local cluster tools")
     commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check", help="check the AURORA_* configuration: DNS, login, "
+                                "topology, every instance, TLS and auth mode")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
     local = commands.add_parser("local", help="a local Aurora-like cluster for development")
     actions = local.add_subparsers(dest="action", required=True)
     dir_help = "state and data directory (default: $AURORA_LOCAL_DIR or %(default)s)"
@@ -92,15 +97,28 @@ def _down(args: argparse.Namespace) -> None:
     print(f"stopped the local cluster in {args.dir}; no process or listening socket left")
 
 
+def _check(args: argparse.Namespace) -> int:
+    """The report on stdout (JSON with ``--json``, so stdout stays parseable); a failure also
+    gets its one line on stderr."""
+    report = run_check()
+    print(report.as_json() if args.json else report.text())
+    if report.exit_code:
+        failed = ", ".join(check.name for check in report.failures)
+        print(f"aurora-access: error: check failed: {failed}", file=sys.stderr)
+    return report.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"up": _up, "status": _status, "failover": _failover, "down": _down}
+    handlers: dict[str, Callable[[argparse.Namespace], int | None]] = {
+        "up": _up, "status": _status, "failover": _failover, "down": _down, "check": _check}
     try:
-        handlers[args.action](args)
+        # `local` has actions; other commands are their own handler
+        code = handlers[args.action if args.command == "local" else args.command](args)
     except AuroraAccessError as exc:
         print(f"aurora-access: error: {exc}", file=sys.stderr)
         return 1
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

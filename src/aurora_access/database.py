@@ -703,19 +703,27 @@ class Database:
 
     def _positions_supported(self) -> bool:
         """Whether the writer tells its log position and readers their replay position
-        (PostgreSQL does; Aurora PostgreSQL does not)."""
+        (PostgreSQL and MariaDB do; Aurora does not). An instance that does not answer (down,
+        or refusing the login) is no evidence either way: another reader is asked, and with no
+        answer at all positions are assumed until shown otherwise."""
         topology = self.topology()
-        try:
-            writer = self._query(topology.writer.host, self.dialect.writer_position_sql)
-            readers = [self._query(r.host, self.dialect.replica_position_sql)
-                       for r in topology.readers[:1]]
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                return True  # not an answer; assume positions until shown otherwise
-            log.info("log positions unavailable (%s): read-your-writes goes by replica lag",
-                     type(exc.orig).__name__)
-            return False
-        return writer[0][0] is not None and all(r[0][0] is not None for r in readers)
+        for host, sql in [(topology.writer.host, self.dialect.writer_position_sql),
+                          *((r.host, self.dialect.replica_position_sql)
+                            for r in topology.readers)]:
+            try:
+                rows = self._query(host, sql)
+            except DBAPIError as exc:
+                if exc.connection_invalidated or self.dialect.classify(exc).instance_failed \
+                        or self.dialect.is_auth_failure(exc.orig or exc):
+                    continue
+                log.info("log positions unavailable (%s): read-your-writes goes by replica lag",
+                         type(exc.orig).__name__)
+                return False
+            if rows[0][0] is None:
+                return False
+            if host != topology.writer.host:
+                return True  # the writer and one reader answered
+        return True
 
     def _monitor_loop(self) -> None:
         next_cleanup = time.monotonic()

@@ -53,6 +53,11 @@ class EngineDialect(Protocol):
     def connect_args(self, sslmode: str, sslrootcert: str | None,
                      connect_timeout: float) -> dict[str, Any]: ...
 
+    def tls_in_use(self, dbapi_connection: Any) -> str | None:
+        """The TLS protocol and cipher of a live connection (``"TLSv1.3
+        TLS_AES_256_GCM_SHA384"``, or just ``"TLS"`` where the driver cannot tell which), None
+        when it runs in clear; read from the driver, no round trip."""
+
 
 def for_engine(name: str) -> EngineDialect:
     if name == "postgresql":

@@ -186,6 +186,14 @@ class MySqlDialect:
             args["ssl"] = self._ssl_context(sslmode, sslrootcert)
         return args
 
+    def tls_in_use(self, dbapi_connection: Any) -> str | None:
+        """PyMySQL wraps its socket in an ``ssl.SSLSocket`` once TLS is negotiated."""
+        sock = getattr(dbapi_connection, "_sock", None)
+        if not isinstance(sock, ssl.SSLSocket):
+            return None
+        cipher = sock.cipher()
+        return " ".join(part for part in (sock.version(), cipher and cipher[0]) if part) or "TLS"
+
     def _ssl_context(self, sslmode: str, sslrootcert: str | None) -> ssl.SSLContext:
         key = (sslmode, sslrootcert)
         with self._lock:

@@ -22,7 +22,6 @@ _BY_SQLSTATE = {
     "40P01": ErrorKind.DEADLOCK,  # deadlock_detected
 }
 
-
 class PostgresDialect:
     name = "postgresql"
     drivername = "postgresql+psycopg"
@@ -126,3 +125,8 @@ class PostgresDialect:
         if sslrootcert:
             args["sslrootcert"] = sslrootcert
         return args
+
+    def tls_in_use(self, dbapi_connection: Any) -> str | None:
+        """``"TLS"`` when the connection is encrypted, else None (psycopg tells only whether;
+        ``pg_stat_ssl`` on the server tells which protocol and cipher)."""
+        return "TLS" if dbapi_connection.pgconn.ssl_in_use else None
