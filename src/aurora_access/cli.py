@@ -2,8 +2,9 @@
 
 ``aurora-access local up|status|failover|down`` runs the local Aurora-like cluster in the
 background; ``eval "$(aurora-access local up)"`` configures a shell for it. ``aurora-access
-check`` checks the ``AURORA_*`` configuration against its cluster (see ``check.py``). Every
-failure prints one clear line on stderr and exits non-zero.
+demo`` is the main job: shop traffic through the library while the writer fails over (see
+``demo/runner.py``). ``aurora-access check`` checks the ``AURORA_*`` configuration against its
+cluster (see ``check.py``). Every failure prints one clear line on stderr and exits non-zero.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .check import run_check
+from .demo import runner as demo_runner
 from .errors import AuroraAccessError
 from .local import LocalCluster
 from .local.cluster import default_runtime_root
@@ -27,9 +29,14 @@ def _default_dir() -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aurora-access",
-                                     description="Amazon Aurora access: local cluster tools")
+    parser = argparse.ArgumentParser(
+        prog="aurora-access",
+        description="Amazon Aurora access: demo, configuration check, local cluster")
     commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser(
+        "demo", help="shop traffic through the library while the writer fails over (a local "
+        "cluster unless AURORA_CLUSTER_ENDPOINT is set)")
+    demo_runner.add_arguments(demo)
     check = commands.add_parser("check", help="check the AURORA_* configuration: DNS, login, "
                                 "topology, every instance, TLS and auth mode")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -97,6 +104,10 @@ def _down(args: argparse.Namespace) -> None:
     print(f"stopped the local cluster in {args.dir}; no process or listening socket left")
 
 
+def _demo(args: argparse.Namespace) -> int:
+    return demo_runner.run(args)
+
+
 def _check(args: argparse.Namespace) -> int:
     """The report on stdout (JSON with ``--json``, so stdout stays parseable); a failure also
     gets its one line on stderr."""
@@ -111,7 +122,8 @@ def _check(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], int | None]] = {
-        "up": _up, "status": _status, "failover": _failover, "down": _down, "check": _check}
+        "up": _up, "status": _status, "failover": _failover, "down": _down, "check": _check,
+        "demo": _demo}
     try:
         # `local` has actions; other commands are their own handler
         code = handlers[args.action if args.command == "local" else args.command](args)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import sys
@@ -99,6 +100,7 @@ def run(args: argparse.Namespace, environ: dict[str, str] | None = None,
     replaces boto3's RDS client (tests)."""
     environ = dict(os.environ if environ is None else environ)
     with ExitStack() as stack:
+        stack.enter_context(_library_log(live))
         if environ.get("AURORA_CLUSTER_ENDPOINT"):
             settings = Settings.from_env(environ)
             every = args.failover_every
@@ -232,6 +234,25 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
         return {"p50": None, "p99": None}
     cuts = statistics.quantiles(values, n=100)
     return {"p50": round(cuts[49] * 1000, 2), "p99": round(cuts[98] * 1000, 2)}
+
+
+@contextmanager
+def _library_log(live: TextIO) -> Iterator[None]:
+    """The library's warnings (a writer lost, found again) on the live stream, one line each;
+    psycopg's notes about pipelines on lost connections are noise here."""
+    handler = logging.StreamHandler(live)
+    handler.setFormatter(logging.Formatter("  library: %(message)s"))
+    library, driver = logging.getLogger("aurora_access"), logging.getLogger("psycopg")
+    levels = library.level, driver.level
+    library.addHandler(handler)
+    library.setLevel(logging.WARNING)
+    driver.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        library.removeHandler(handler)
+        library.setLevel(levels[0])
+        driver.setLevel(levels[1])
 
 
 @contextmanager
