@@ -326,3 +326,19 @@ def test_without_a_host_pattern_topology_comes_from_the_endpoints(
             assert s.scalar(select(Customer.name).where(Customer.id == 8)) == "through endpoints"
     finally:
         plain.close()
+
+
+def test_a_transaction_that_only_locked_rows_releases_them_when_closed(
+        db: Database, engine_cluster: LocalCluster) -> None:
+    """Closing a session without committing rolls back even a transaction that only read:
+    on MySQL the driver cannot tell from its status flags that a SELECT opened one."""
+    locker = db.sessionmaker(mode="writer")
+    locker.scalars(select(Stock).where(Stock.product_id == 9).with_for_update()).one()
+    locker.close()  # no commit: SQLAlchemy rolls back, and the lock must go with it
+    other = Database.from_env(engine_cluster.env())  # its own connections
+    try:
+        with other.writer() as s:  # NOWAIT: fails at once if the row were still locked
+            assert s.scalars(select(Stock).where(Stock.product_id == 9)
+                             .with_for_update(nowait=True)).one() is not None
+    finally:
+        other.close()

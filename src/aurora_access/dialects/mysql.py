@@ -25,7 +25,6 @@ from types import MappingProxyType
 from typing import Any
 
 import pymysql
-from pymysql.constants import SERVER_STATUS
 from sqlalchemy import Engine
 
 from ..failover import ErrorKind
@@ -132,15 +131,16 @@ class MySqlDialect:
 
     def prepare_engine(self, engine: Engine) -> None:
         """SQLAlchemy ends every use of a connection with the DBAPI's ``rollback()``, also in
-        autocommit and after a COMMIT, where there is nothing to roll back; PyMySQL sends it
-        anyway, a round trip per read and per write. Skip it when the server's last status
-        flags (kept by PyMySQL, no round trip) say no transaction is open: the server raises
-        SERVER_STATUS_IN_TRANS from the first transactional statement after autocommit is
-        off, reads included, until COMMIT or ROLLBACK."""
+        autocommit, where there is nothing to roll back; PyMySQL sends it anyway, a round trip
+        per read on a reader. Skip it on a connection in autocommit (PyMySQL keeps the flag
+        from the server's last OK packet, no round trip). Nothing weaker: whether a
+        transaction is open cannot be told that way, since PyMySQL takes no status flags from
+        a SELECT's result, and a transaction that only read (FOR UPDATE, say) would stay open
+        in the pool, holding its locks (found by the examples' tests)."""
         rollback = engine.dialect.do_rollback
 
         def do_rollback(dbapi_connection: Any) -> None:
-            if dbapi_connection.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS:
+            if not dbapi_connection.get_autocommit():
                 rollback(dbapi_connection)
 
         engine.dialect.do_rollback = do_rollback  # type: ignore[method-assign]

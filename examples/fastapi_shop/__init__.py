@@ -1,0 +1,1 @@
+"""The example shop as a FastAPI service: see app.py."""

@@ -1,0 +1,162 @@
+"""The example shop as a FastAPI service on aurora-access.
+
+Run it against a local cluster (uvicorn is not a dependency of aurora-access)::
+
+    .venv/bin/pip install uvicorn
+    eval "$(.venv/bin/aurora-access local up)"
+    cd examples && ../.venv/bin/python -m fastapi_shop.app --port 8000
+
+or, without the demo data, ``uvicorn --factory fastapi_shop.app:app_from_env`` from
+``examples/``.
+
+FastAPI runs a sync endpoint, and each half of a sync ``yield`` dependency, in a worker
+thread under a copy of the request's context (aurora-access keeps a context's last commit in
+a ContextVar, so the token must be taken in the call that committed), and it runs the
+dependency's teardown once the response is built: a token set there never reaches the client
+(with ``Depends(scope="request")`` or ``"function"`` alike, FastAPI 0.165). Write endpoints
+therefore commit themselves and put the token on their own response; the dependency only
+opens the session, and closes it (rolling back on an exception).
+"""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Annotated, cast
+
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+import shop_core as shop
+from aurora_access import Database, RoutingSession
+
+router = APIRouter()
+Id = Annotated[int, Path(ge=1, le=shop.MAX_ID)]
+
+
+class CartItemIn(BaseModel):
+    product_id: int = Field(ge=1, le=shop.MAX_ID)
+    quantity: int = Field(default=1, ge=1, le=shop.MAX_QUANTITY)
+
+
+class CheckoutIn(BaseModel):
+    order_id: uuid.UUID | None = None  # idempotency key: the same one again, the same order
+
+
+def get_db(request: Request) -> Database:
+    return cast(Database, request.app.state.db)
+
+
+def request_session(request: Request,
+                    db: Annotated[Database, Depends(get_db)]) -> Iterator[RoutingSession]:
+    """One routing session per request, reading only where the client's last commit (its
+    token, from the header or else the cookie) is applied. An exception from the endpoint
+    reaches the ``yield`` and rolls the session back."""
+    token = request.headers.get(shop.COMMIT_HEADER) or request.cookies.get(shop.COMMIT_COOKIE)
+    with shop.request_session(db, token) as session:
+        yield session
+
+
+DbDep = Annotated[Database, Depends(get_db)]
+SessionDep = Annotated[RoutingSession, Depends(request_session)]
+
+
+def send_commit_token(db: Database, response: Response) -> None:
+    """Give the client the token of the commit just made (in this thread, hence here), so
+    that its next request reads it back, on a reader that has it."""
+    token = db.commit_token()
+    if token is not None:
+        response.headers[shop.COMMIT_HEADER] = token
+        response.set_cookie(shop.COMMIT_COOKIE, token, max_age=shop.COMMIT_COOKIE_MAX_AGE_S,
+                            httponly=True, samesite="lax")
+
+
+@router.get("/products")
+def search_products(session: SessionDep, q: Annotated[str, Query(max_length=200)] = "",
+                    limit: Annotated[int, Query(ge=1, le=100)] = 20) -> list[shop.ProductOut]:
+    return shop.search_products(session, q, limit)
+
+
+@router.get("/products/{product_id}")
+def get_product(product_id: Id, session: SessionDep) -> shop.ProductOut:
+    return shop.get_product(session, product_id)
+
+
+@router.post("/customers/{customer_id}/cart/items")
+def add_to_cart(customer_id: Id, item: CartItemIn, session: SessionDep, db: DbDep,
+                response: Response) -> shop.CartOut:
+    cart = shop.add_to_cart(session, customer_id, item.product_id, item.quantity)
+    session.commit()  # here, not in the dependency: its teardown comes too late for the token
+    send_commit_token(db, response)
+    return cart
+
+
+@router.post("/customers/{customer_id}/checkout", status_code=201)
+def checkout(customer_id: Id, db: DbDep, response: Response,
+             body: CheckoutIn | None = None) -> shop.CheckoutOut:
+    """201 with a new order; 200 with the earlier one when its order id is sent again."""
+    order_id = str(body.order_id) if body is not None and body.order_id is not None else None
+    result = shop.checkout(db, customer_id, order_id)
+    if not result["created"]:
+        response.status_code = 200
+    send_commit_token(db, response)
+    return result
+
+
+@router.get("/customers/{customer_id}/orders")
+def order_history(customer_id: Id, session: SessionDep,
+                  limit: Annotated[int, Query(ge=1, le=100)] = 50) -> list[shop.OrderOut]:
+    return shop.order_history(session, customer_id, limit)
+
+
+def create_app(db: Database, *, close_db_on_shutdown: bool = False) -> FastAPI:
+    """The shop on ``db``, which stays the caller's unless ``close_db_on_shutdown``."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if close_db_on_shutdown:
+            db.close()
+
+    app = FastAPI(title="aurora-access example shop", lifespan=lifespan)
+    app.state.db = db
+    app.include_router(router)
+
+    async def shop_error(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, shop.ShopError)
+        return JSONResponse({"detail": str(error)}, status_code=error.status)
+
+    async def out_of_stock(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, shop.OutOfStock)
+        return JSONResponse({"detail": str(error), "product_id": error.product_id},
+                            status_code=409)
+
+    app.add_exception_handler(shop.ShopError, shop_error)
+    app.add_exception_handler(shop.OutOfStock, out_of_stock)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """For ``uvicorn --factory``: a Database from the AURORA_* variables, one per process."""
+    return create_app(Database.from_env(), close_db_on_shutdown=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args()
+    try:
+        import uvicorn  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415
+    except ImportError:
+        raise SystemExit("uvicorn is not installed: pip install uvicorn") from None
+    app = app_from_env()
+    shop.create_demo_data(app.state.db)
+    uvicorn.run(app, host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The example shop as a Flask service: see app.py."""
