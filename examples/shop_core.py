@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 from typing_extensions import TypedDict  # pydantic (FastAPI) needs this one before 3.12
 
-from aurora_access import Database, RoutingSession
+from aurora_access import Database, InvalidCommitToken, RoutingSession
 from aurora_access.demo.models import Cart, CartItem, Customer, Order, Product, Stock
 from aurora_access.demo.shop import OutOfStock, create_schema, place_order, seed
 
@@ -107,7 +107,7 @@ def request_session(db: Database, token: str | None) -> Iterator[RoutingSession]
         with ExitStack() as stack:
             try:
                 session = stack.enter_context(db.session(after=token))
-            except ValueError:  # raised before the session opens, by the token's parsing
+            except InvalidCommitToken:  # raised before the session opens
                 raise BadRequest(f"{COMMIT_HEADER} (or cookie {COMMIT_COOKIE}) is not a "
                                  "commit token of this service") from None
             yield session

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, event, select, text, update
 
-from aurora_access import Database, ReadOnlySessionError
+from aurora_access import Database, InvalidCommitToken, ReadOnlySessionError
 from aurora_access.demo.models import Customer, Order, Product, Stock
 from aurora_access.demo.shop import create_schema, place_order, seed
 from aurora_access.local import LocalCluster, free_port
@@ -207,7 +207,7 @@ def test_commit_token_carries_a_commit_to_another_context(db: Database) -> None:
         reader.start()
         reader.join()
         assert seen == [f"t{i}"]
-    with pytest.raises(ValueError, match="commit token"), db.session(after="nonsense"):
+    with pytest.raises(InvalidCommitToken, match="commit token"), db.session(after="nonsense"):
         pass
 
 

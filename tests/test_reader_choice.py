@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from aurora_access import InvalidCommitToken
 from aurora_access.consistency import CommitMark, decode_token, encode_token
 from aurora_access.database import Router, Stats
 from aurora_access.dialects.postgresql import PostgresDialect
@@ -104,5 +105,6 @@ def test_tokens_round_trip(position: int | None) -> None:
 @pytest.mark.parametrize("token", ["", "aurora1:mysql:10:1", "aurora1:postgresql:zz:1",
                                    "aurora1:postgresql:10", "aurora1:postgresql:10:x"])
 def test_foreign_or_broken_tokens_are_refused(token: str) -> None:
-    with pytest.raises(ValueError, match="token"):
+    with pytest.raises(InvalidCommitToken, match="token") as caught:
         decode_token("postgresql", token)
+    assert isinstance(caught.value, ValueError)  # what code written before it caught

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from .errors import InvalidCommitToken
+
 
 @dataclass(frozen=True, slots=True)
 class CommitMark:
@@ -137,14 +139,15 @@ def encode_token(engine: str, mark: CommitMark) -> str:
 
 
 def decode_token(engine: str, token: str) -> CommitMark:
-    """The commit a token stands for; ValueError naming the token if it is not one of ours."""
+    """The commit a token stands for; InvalidCommitToken (a ValueError) naming the token if it
+    is not one of ours."""
     prefix = f"{TOKEN_PREFIX}{engine}:"
     if not isinstance(token, str) or not token.startswith(prefix):
-        raise ValueError(f"not an aurora-access commit token for {engine}: {token!r}")
+        raise InvalidCommitToken(f"not an aurora-access commit token for {engine}: {token!r}")
     try:
         position_text, wall_text = token[len(prefix):].split(":")
         position = int(position_text, 16) if position_text else None
         age_ns = time.time_ns() - int(wall_text) * 1_000_000
     except ValueError:
-        raise ValueError(f"malformed aurora-access commit token: {token!r}") from None
+        raise InvalidCommitToken(f"malformed aurora-access commit token: {token!r}") from None
     return CommitMark(time.monotonic_ns() - max(0, age_ns), position)

@@ -295,7 +295,7 @@ class Database:
         """A routing session: commits on success, rolls back on error, always closes.
 
         ``after``: a commit token (``commit_token()``) whose commit every read must see.
-        Raises ValueError for a token that is not one of ours.
+        Raises InvalidCommitToken (a ValueError) for a token that is not one of ours.
         """
         return self._session("auto", after, snapshot=False)
 

@@ -5,6 +5,7 @@
     AuroraAccessError
      +- ConfigError                    bad or missing configuration
      +- ReadOnlySessionError           a write in db.read_only()
+ +- InvalidCommitToken             session(after=...) got a token that is not ours (a ValueError)
      +- FailoverError
      |   +- TransactionReplayRequired  a failover rolled the transaction back; run it again
      |   +- CommitOutcomeUnknown       a commit was in flight during a failover; outcome unknown
@@ -35,6 +36,11 @@ class ConfigError(AuroraAccessError):
 
 class ReadOnlySessionError(AuroraAccessError):
     """A write was attempted in a read-only session; no SQL was sent."""
+
+
+class InvalidCommitToken(AuroraAccessError, ValueError):
+    """``session(after=token)`` was given something that is not a commit token of this
+    engine (a web service answers it with 400: it came from the client)."""
 
 
 class FailoverError(AuroraAccessError):
