@@ -8,11 +8,12 @@ it must see); the decision is ``routing.statement_route`` and the choice of inst
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import Engine, event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SAWarning
 from sqlalchemy.orm import Session
 
 from .consistency import CommitMark
@@ -125,8 +126,12 @@ class RoutingSession(Session):
 
     def _clean(self) -> None:
         # the failed connection is invalidated; rolling back returns the session to a state
-        # where it can run again (reader connections are autocommit: nothing is lost)
-        with contextlib.suppress(Exception):
+        # where it can run again (reader connections are autocommit: nothing is lost). After a
+        # failed flush SQLAlchemy has already let go of the connection's transaction and
+        # warns that there is nothing left to roll back there: expected, not news.
+        with contextlib.suppress(Exception), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "transaction already deassociated",
+                                    category=SAWarning)
             self.rollback()
 
     # -- state ---------------------------------------------------------------------------
