@@ -6,6 +6,9 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ import pytest
 from aurora_access import LocalClusterError
 from aurora_access.local import LocalCluster, free_port
 from aurora_access.local.cluster import address_prefix
-from aurora_access.local.processes import descendants, signal_all
+from aurora_access.local.processes import descendants, is_alive, signal_all
 
 
 def test_missing_postgresql_binaries_say_how_to_install_them(
@@ -77,3 +80,25 @@ def test_bad_arguments_are_named() -> None:
         LocalCluster(port=80)
     with pytest.raises(LocalClusterError, match="engine 'oracle'"):
         LocalCluster(engine="oracle")
+
+
+@pytest.mark.parametrize("engine", ["postgresql", "mysql"])
+def test_a_killed_owner_takes_its_cluster_along(engine: str) -> None:
+    """A test run killed outright runs no atexit: the endpoint forwarder notices its starter
+    gone and stops the servers, so nothing is left running that nobody would stop."""
+    script = (
+        "import json, os, signal\n"
+        "from aurora_access.local import LocalCluster, free_port\n"
+        f"c = LocalCluster(engine={engine!r}, readers=1, port=free_port(1)).start()\n"
+        "print(json.dumps({'dir': str(c.dir), 'forwarder': c._forwarder_pid,\n"
+        "                  'pids': [n.pid for n in c._nodes]}), flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    started = json.loads(done.stdout)
+    pids = [started["forwarder"], *started["pids"]]
+    deadline = time.monotonic() + 10
+    while any(is_alive(p) for p in pids) or Path(started["dir"]).exists():
+        assert time.monotonic() < deadline, [p for p in pids if is_alive(p)]
+        time.sleep(0.05)

@@ -303,6 +303,7 @@ class LocalCluster:
     def detach(self) -> None:
         """Leave the cluster running after this process exits (``aurora-access local up``)."""
         atexit.unregister(self.close)
+        self._control.request({"op": "detach"})
         self._children.clear()
 
     @classmethod
@@ -628,6 +629,8 @@ class LocalCluster:
             "port": self.port, "cluster_host": self.cluster_host, "reader_host": self.reader_host,
             "control": self._control.name, "writer": self._writer_node().host,
             "readers": [n.host for n in self.reader_nodes],
+            # killed before it could close the cluster, this process takes its servers along
+            "owner_pid": os.getpid(), "state_file": str(self.dir / STATE_FILE),
         }
         path = self.dir / "endpoints.json"
         path.write_text(json.dumps(config))

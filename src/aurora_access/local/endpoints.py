@@ -14,14 +14,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import signal
 import socket
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import LocalClusterError
+from . import processes
 
 
 @dataclass
@@ -80,10 +83,14 @@ async def serve(config: dict[str, Any]) -> None:
     async def on_reader(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await _forward(r, w, routes.reader_target(), port)
 
+    owner: list[int | None] = [config.get("owner_pid")]
+
     async def on_control(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         while line := await r.readline():
             request = json.loads(line)
-            if request.get("op") == "route":
+            if request.get("op") == "detach":  # ``local up``: the cluster outlives its starter
+                owner[0] = None
+            elif request.get("op") == "route":
                 delay = float(request.get("writer_delay_s", 0.0))
                 target = request["writer"]
                 if target == routes.writer_target():
@@ -109,9 +116,35 @@ async def serve(config: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watch = asyncio.create_task(_outlive_owner(owner, config.get("state_file"), stop))
     await stop.wait()
+    watch.cancel()
     for server in servers:
         server.close()
+
+
+async def _outlive_owner(owner: list[int | None], state_file: str | None,
+                         stop: asyncio.Event) -> None:
+    """When the process that started the cluster dies without closing it (killed: no atexit
+    ran), stop its servers too, so that nothing is left running that nobody will stop. A
+    cluster started by ``local up`` is detached and left alone."""
+    while True:
+        await asyncio.sleep(0.5)
+        pid = owner[0]
+        if pid is None or processes.is_alive(pid):
+            continue
+        if state_file is not None:
+            with contextlib.suppress(OSError, ValueError):
+                state = json.loads(Path(state_file).read_text())
+                pids = [int(n["pid"]) for n in state.get("nodes", []) if n.get("pid")]
+                for pid in pids:
+                    processes.signal_tree(pid, signal.SIGKILL)
+                for pid in pids:
+                    processes.wait_exit(pid, 5)
+                if state.get("owns_dir"):  # the data was the dead process's to remove
+                    shutil.rmtree(Path(state_file).parent, ignore_errors=True)
+        stop.set()
+        return
 
 
 class EndpointControl:
