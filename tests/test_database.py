@@ -211,6 +211,25 @@ def test_commit_token_carries_a_commit_to_another_context(db: Database) -> None:
         pass
 
 
+def test_sessionmaker_takes_a_commit_token_too(db: Database) -> None:
+    with db.session() as s:
+        s.execute(update(Customer).where(Customer.id == 10).values(name="via token"))
+    token = db.commit_token()
+    assert token is not None
+    seen: list[object] = []
+
+    def read() -> None:  # another context, as another request
+        with db.sessionmaker(after=token) as s:
+            seen.append(s.scalar(select(Customer.name).where(Customer.id == 10)))
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    thread.join()
+    assert seen == ["via token"]
+    with pytest.raises(InvalidCommitToken):
+        db.sessionmaker(after="nonsense")
+
+
 def _read_name(db: Database, customer_id: int, token: str) -> str | None:
     assert db.commit_token() is None
     with db.session(after=token) as s:

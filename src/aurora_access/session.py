@@ -16,7 +16,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.exc import DBAPIError, SAWarning
 from sqlalchemy.orm import Session
 
-from .consistency import CommitMark
+from .consistency import CommitMark, decode_token
 from .errors import CommitOutcomeUnknown, ReadOnlySessionError, TransactionReplayRequired
 from .routing import ROUTE_OPTION, Route, statement_route
 
@@ -46,12 +46,15 @@ class RoutingSession(Session):
     also makes the Database find the new writer before the error reaches the caller.
     """
 
-    def __init__(self, router: Router, mode: Mode = "auto", after: CommitMark | None = None,
-                 snapshot: bool = False, **kwargs: Any) -> None:
+    def __init__(self, router: Router, mode: Mode = "auto",
+                 after: CommitMark | str | None = None, snapshot: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.router = router
         self.mode: Mode = mode
-        self.after = after
+        # ``db.sessionmaker(after=token)`` takes a commit token as ``db.session`` does
+        self.after = decode_token(router.dialect.name, after) if isinstance(after, str) \
+            else after
         self.snapshot = snapshot
         self.wrote = False
         self.last_instance: Instance | None = None  # where the latest statement was sent

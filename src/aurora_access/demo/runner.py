@@ -155,7 +155,7 @@ def _traffic(db: Database, args: argparse.Namespace, failovers: Failovers | None
     started = time.monotonic()
     for thread in threads:
         thread.start()
-    with _live_view(db, tally, started, failed_at, live):
+    with _live_view(db, tally, started, args.duration, failed_at, live):
         next_failover = started + every if failovers and every else float("inf")
         while (now := time.monotonic()) < started + args.duration:
             if now >= next_failover and failovers is not None and every is not None:
@@ -256,7 +256,8 @@ def _library_log(live: TextIO) -> Iterator[None]:
 
 
 @contextmanager
-def _live_view(db: Database, tally: Tally, started: float, failed_at: list[float],
+def _live_view(db: Database, tally: Tally, started: float, duration: float,
+               failed_at: list[float],
                live: TextIO) -> Iterator[None]:
     """A status line a second: on a terminal redrawn in place, else one line each 5 s."""
     done = threading.Event()
@@ -274,7 +275,7 @@ def _live_view(db: Database, tally: Tally, started: float, failed_at: list[float
             recoveries = [f"{r:.2f}s" if r is not None else "..."
                           for r in _recovery(tally, failed_at)]
             pct = _percentiles(window)
-            line = (f"{now - started:5.0f} s  {len(window) / period:6.0f} ops/s  "
+            line = (f"{now - started:4.0f}/{duration:.0f} s  {len(window) / period:5.0f} ops/s  "
                     f"orders {orders:6d}  reads readers/writer {stats['reads_on_readers']}/"
                     f"{stats['reads_on_writer']}  p50 {pct['p50']} ms p99 {pct['p99']} ms  "
                     f"failovers {len(failed_at)} recovered {' '.join(recoveries) or '-'}")
