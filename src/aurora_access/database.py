@@ -722,7 +722,7 @@ class Database:
             if rows[0][0] is None:
                 return False
             if host != topology.writer.host:
-                return True  # the writer and one reader answered
+                return True  # a reader answered (and the writer, unless it did not answer)
         return True
 
     def _monitor_loop(self) -> None:
