@@ -270,6 +270,7 @@ class Database:
         self._router.instance_failed = self._instance_failed
         self._discovery = WriterDiscovery(self._is_writer, settings.failover_timeout)
         self._topology_lock = threading.Lock()
+        self._topology_queries = list(self.dialect.topology_queries)  # reordered by discover
         self._markers_ready = False
         self.sessionmaker: sessionmaker[RoutingSession] = sessionmaker(
             class_=RoutingSession, router=self._router)
@@ -539,9 +540,9 @@ class Database:
         hosts = [] if known is None else [known.writer.host, *(r.host for r in known.readers)]
         began = time.monotonic_ns()
         try:
-            topology = discover(self._query, self.dialect, s.cluster_endpoint,
-                                s.reader_endpoint, s.port, s.instance_host_pattern,
-                                [*hosts, s.cluster_endpoint])
+            topology = discover(self._query, self.dialect, self._topology_queries,
+                                s.cluster_endpoint, s.reader_endpoint, s.port,
+                                s.instance_host_pattern, [*hosts, s.cluster_endpoint])
         except Exception as exc:
             if known is None and self.dialect.is_auth_failure(getattr(exc, "orig", exc)):
                 how = ("an IAM auth token" if s.iam_auth else

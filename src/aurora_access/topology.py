@@ -38,6 +38,7 @@ class Topology:
 def discover(
     query: Callable[[str, str], list[tuple[Any, ...]]],
     dialect: EngineDialect,
+    queries: list[str],
     cluster_endpoint: str,
     reader_endpoint: str,
     port: int,
@@ -50,14 +51,19 @@ def discover(
     failure). With a host pattern and Aurora's metadata, one query on any instance answers the
     whole topology; otherwise each endpoint is asked whether it is in recovery. Raises the last
     error if no host answered.
+
+    ``queries`` are the metadata queries to try in order (``dialect.topology_queries``, where
+    a later one stands in for a missing table); the one that answers is moved to the front, so
+    the next discovery asks it first instead of failing on the missing one again.
     """
     last_error: Exception | None = None
     if host_pattern is not None:
         for host in candidates or [cluster_endpoint]:
             rows = None
-            for sql in dialect.topology_queries:
+            for index, sql in enumerate(queries):
                 try:
                     rows = query(host, sql)
+                    queries.insert(0, queries.pop(index))
                     break
                 except Exception as exc:
                     last_error = exc

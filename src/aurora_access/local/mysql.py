@@ -30,7 +30,6 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ import pymysql
 import pymysql.cursors
 
 from ..errors import LocalClusterError
-from .processes import ServerUser, cached_template
+from .processes import ServerUser, cached_template, wait_connect
 from .tls import TlsFiles
 
 DEFAULT_PORT = 13306
@@ -193,9 +192,10 @@ class MariaDbServers:
         server = self.user.popen([self.binaries["mariadbd"], f"--defaults-file={conf}"],
                                  work / "template.log", detach=True)
         try:
-            conn = self._wait_connect(
+            conn = wait_connect(
                 lambda: pymysql.connect(unix_socket=str(sock), user=SUPERUSER, autocommit=True),
-                time.monotonic() + 30, "the template server", work / "template.log")
+                pymysql.err.OperationalError, time.monotonic() + 30, "the template server",
+                work / "template.log")
             with conn, conn.cursor() as cur:
                 # the install's other root accounts (by host name, ::1) are not ours to keep
                 cur.execute("SELECT host FROM mysql.user WHERE user = 'root' "
@@ -210,10 +210,6 @@ class MariaDbServers:
             server.wait(30)
 
     # -- instances ----------------------------------------------------------------------
-
-    def create(self, home: Path, template: Path) -> subprocess.Popen[bytes]:
-        """Start copying the template into ``home/data``; the caller waits for the copy."""
-        return self.user.popen(["cp", "-a", template, home / "data"])
 
     def configure(self, home: Path, instance_id: str, host: str, all_ids: list[str],
                   writer_host: str, replica_lag_ms: int, reader: bool,
@@ -257,27 +253,12 @@ class MariaDbServers:
                                connect_timeout=timeout, read_timeout=read_timeout,
                                write_timeout=read_timeout, ssl_disabled=True)
 
-    @staticmethod
-    def _wait_connect(connect: Callable[[], pymysql.connections.Connection[Any]],
-                      deadline: float, what: str,
-                      log: Path) -> pymysql.connections.Connection[Any]:
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            try:
-                return connect()
-            except pymysql.err.OperationalError as exc:
-                last = exc
-                time.sleep(0.01)
-        tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
-        raise LocalClusterError(f"{what} did not accept connections in time ({last}); "
-                                f"its log ends with:\n{tail}")
-
     def wait_ready(self, home: Path, host: str, deadline: float) -> None:
         """Wait until the instance accepts connections; a reader whose replication is not
         set up for the writer it follows gets it set up and started (a restarted reader keeps
         its own and restarts it by itself)."""
-        conn = self._wait_connect(lambda: self.connect(host), deadline,
-                                  f"instance at {host}:{self.port}", home / "server.log")
+        conn = wait_connect(lambda: self.connect(host), pymysql.err.OperationalError, deadline,
+                            f"instance at {host}:{self.port}", home / "server.log")
         with conn:
             writer_host, delay_s = self._read_replication(home)
             if writer_host is None:

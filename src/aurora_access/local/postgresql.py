@@ -32,7 +32,7 @@ from typing import Any
 import psycopg
 
 from ..errors import LocalClusterError
-from .processes import ServerUser, cached_template
+from .processes import ServerUser, cached_template, wait_connect
 from .tls import TlsFiles
 
 DEFAULT_PORT = 15432
@@ -265,10 +265,6 @@ class PostgresServers:
 
     # -- instances ----------------------------------------------------------------------
 
-    def create(self, home: Path, template: Path) -> subprocess.Popen[bytes]:
-        """Start copying the template into ``home/data``; the caller waits for the copy."""
-        return self.user.popen(["cp", "-a", template, home / "data"])
-
     def configure(self, home: Path, instance_id: str, host: str, all_ids: list[str],
                   writer_host: str, replica_lag_ms: int, reader: bool,
                   tls: TlsFiles | None = None) -> None:
@@ -313,17 +309,8 @@ class PostgresServers:
         return f"{self.url_scheme}://{SUPERUSER}@{host}:{self.port}/{dbname}"
 
     def _wait_connect(self, conninfo: str, deadline: float, what: str, log: Path) -> None:
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            try:
-                psycopg.connect(conninfo).close()
-                return
-            except psycopg.OperationalError as exc:
-                last = exc
-                time.sleep(0.01)
-        tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
-        raise LocalClusterError(f"{what} did not accept connections in time ({last}); "
-                                f"its log ends with:\n{tail}")
+        wait_connect(lambda: psycopg.connect(conninfo), psycopg.OperationalError, deadline,
+                     what, log).close()
 
     def wait_ready(self, home: Path, host: str, deadline: float) -> None:
         """Wait until the instance accepts connections (a reader: in hot standby)."""

@@ -18,8 +18,11 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ..errors import LocalClusterError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -226,3 +229,19 @@ def cached_template(cache_dir: Path, name: str, user: ServerUser, complete: str,
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return path
+
+
+def wait_connect(connect: Callable[[], T], refused: type[Exception], deadline: float,
+                 what: str, log: Path) -> T:
+    """``connect()`` once a server accepts connections (``refused`` until then); past
+    ``deadline``, LocalClusterError with the last refusal and the end of the server's log."""
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            return connect()
+        except refused as exc:
+            last = exc
+            time.sleep(0.01)
+    tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+    raise LocalClusterError(f"{what} did not accept connections in time ({last}); "
+                            f"its log ends with:\n{tail}")
