@@ -38,10 +38,10 @@ def where(session: RoutingSession | Session, engine: str | None = None) -> tuple
 def settle(db: Database, timeout: float = 10.0) -> None:
     """Wait until every reader has replayed all the writer has now (data a fixture just
     wrote, which a test in another context then reads on a reader)."""
-    target = db._writer_position()
+    target = db._monitor.writer_position()
     assert target is not None
     deadline = time.monotonic() + timeout
     for reader in db.topology().readers:
-        while (db._replica_position(reader) or -1) < target:
+        while (db._monitor.replica_position(reader) or -1) < target:
             assert time.monotonic() < deadline, f"reader {reader.id} did not catch up"
             time.sleep(0.01)

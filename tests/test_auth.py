@@ -161,7 +161,7 @@ def test_iam_login_end_to_end(engine: str, monkeypatch: pytest.MonkeyPatch,
         for bad in ({"AURORA_REGION": "eu-west-3"}, {"AURORA_USER": "someone_else"}):
             with pytest.raises(AuroraAccessError, match=r"refused the login of user .* with an "
                                r"IAM auth token: check AURORA_USER, AURORA_REGION") as caught:
-                Database.from_env({**env, **bad}).close()
+                Database.from_env({**env, **bad}).wait_ready(5)
             assert "X-Amz-Signature" not in str(caught.value)
             assert caught.value.__cause__ is None and caught.value.__suppress_context__
     logged = "\n".join(r.getMessage() for r in caplog.records)
@@ -306,6 +306,6 @@ def test_iam_through_the_cleartext_plugin_over_tls_as_on_aurora_mysql(
             assert b"mysql_clear_password" in plugins
             with pytest.raises(AuroraAccessError, match="refused the login of user 'iam' with "
                                "an IAM auth token"):
-                Database.from_env({**env, "AURORA_REGION": "eu-west-3"}).close()
+                Database.from_env({**env, "AURORA_REGION": "eu-west-3"}).wait_ready(5)
         finally:
             service.unlink()

@@ -10,9 +10,10 @@ import pytest
 
 from aurora_access import InvalidCommitToken
 from aurora_access.consistency import CommitMark, decode_token, encode_token
-from aurora_access.database import Router, Stats
 from aurora_access.dialects.postgresql import PostgresDialect
+from aurora_access.router import Router
 from aurora_access.settings import Settings
+from aurora_access.stats import Stats
 from aurora_access.topology import Instance, Topology
 
 WRITER = Instance("w", "10.0.0.1", 5432, "writer")

@@ -220,9 +220,11 @@ def _check_cluster(settings: Settings, report: Report) -> None:
     """Log in and discover as an application would, then check every instance and the
     login mode. A failed start leaves the instances unknown: they are skipped."""
     began = time.perf_counter()
+    db = Database(settings)
     try:
-        db = Database(settings)
+        db.topology()  # the first use: log in and discover
     except Exception as error:  # the doctor reports what went wrong, never a traceback
+        db.close()
         _report_failed_start(settings, error, _ms(began), report)
         return
     try:

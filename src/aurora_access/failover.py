@@ -125,7 +125,8 @@ class WriterDiscovery:
 
 class Watchdog:
     """Calls a function when a deadline passes unless disarmed first: one thread for every
-    bounded query (a thread a query would cost more than the query)."""
+    bounded query (a thread a query would cost more than the query). The thread starts with
+    the first ``arm`` and stops at ``close``; a later ``arm`` starts a new one."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -133,13 +134,12 @@ class Watchdog:
         self._cancelled: set[int] = set()
         self._tokens = itertools.count()
         self._thread: threading.Thread | None = None
-        self._closed = False
 
     def arm(self, timeout: float, action: Callable[[], object]) -> int:
         with self._cond:
             token = next(self._tokens)
             heapq.heappush(self._heap, (time.monotonic() + timeout, token, action))
-            if self._thread is None and not self._closed:
+            if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True,
                                                 name="aurora-access-watchdog")
                 self._thread.start()
@@ -151,17 +151,21 @@ class Watchdog:
             self._cancelled.add(token)
 
     def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread; pending actions are dropped."""
         with self._cond:
-            self._closed = True
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(timeout)
+            thread, self._thread = self._thread, None
+            self._heap.clear()
+            self._cancelled.clear()
+            self._cond.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     def _run(self) -> None:
+        me = threading.current_thread()
         while True:
             with self._cond:
                 while True:
-                    if self._closed:
+                    if self._thread is not me:  # closed (and maybe replaced)
                         return
                     if not self._heap:
                         self._cond.wait()

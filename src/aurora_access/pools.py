@@ -52,15 +52,17 @@ class InstancePools:
         self._settings = settings
         self._dialect = dialect
         self._credentials = credentials
-        self._on_disconnect = on_disconnect
+        #: called with a host when one of its connections turns out dead
+        self.on_disconnect = on_disconnect
         self._lock = threading.Lock()
         self._engines: dict[tuple[str, int, bool], Engine] = {}
         self._snapshot: dict[tuple[str, int], Engine] = {}
         # DBAPI connections in use, per host: what to cut when that host hangs
         self._in_use: dict[str, set[Any]] = {}
 
-    def _url(self, host: str, port: int) -> URL:
-        # no password in the URL: each new connection asks the credentials (_login)
+    def url(self, host: str, port: int) -> URL:
+        """The URL of ``host:port``, without a password: each new connection asks the
+        credentials (``_login``)."""
         s = self._settings
         return URL.create(self._dialect.drivername, username=s.user, host=host, port=port,
                           database=s.database)
@@ -109,7 +111,7 @@ class InstancePools:
             options["isolation_level"] = "AUTOCOMMIT"
             # nothing to roll back on return in autocommit
             options["pool_reset_on_return"] = None
-        engine = create_engine(self._url(host, port), **options)
+        engine = create_engine(self.url(host, port), **options)
         self._dialect.prepare_engine(engine)
         credentials, ours = self._credentials, self._dialect
 
@@ -127,15 +129,14 @@ class InstancePools:
                 connection = dialect.connect(*cargs, **cparams)
             ours.connected(connection)
             return connection
-        if self._on_disconnect is not None:
-            notify = self._on_disconnect
 
-            # A pool event, not an engine one: engine events (handle_error) take every
-            # statement off SQLAlchemy's fast path (about 80 us of CPU a read, measured)
-            @event.listens_for(engine.pool, "invalidate")
-            def _dead_connection(dbapi_connection: Any, record: Any,
-                                 exception: BaseException | None) -> None:
-                notify(host)
+        # A pool event, not an engine one: engine events (handle_error) take every
+        # statement off SQLAlchemy's fast path (about 80 us of CPU a read, measured)
+        @event.listens_for(engine.pool, "invalidate")
+        def _dead_connection(dbapi_connection: Any, record: Any,
+                             exception: BaseException | None) -> None:
+            if self.on_disconnect is not None:
+                self.on_disconnect(host)
 
         in_use = self._in_use.setdefault(host, set())
 

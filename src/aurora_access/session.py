@@ -1,27 +1,33 @@
 """RoutingSession: a SQLAlchemy Session whose ``get_bind`` sends each statement to an instance.
 
-The session carries only state (its mode, whether its transaction wrote, the commit position
-it must see); the decision is ``routing.statement_route`` and the choice of instance is the
-``Router``'s (``database.py``).
+The session carries only state (its mode, whether its transaction wrote, the commits it must
+see); the decision is ``routing.statement_route`` and the choice of instance is the
+``Router``'s (``router.py``).
+
+Any Session class can route: ``routing_session_class(base, router)`` puts ``RoutingSession``
+before ``base`` in the method order (SQLModel's ``Session``, a project's own subclass), and
+the retries live in ``_execute_internal``, which every entry point reaches (``execute``,
+``scalar``, ``scalars``, ``get``, lazy loads, refreshes, SQLModel's ``exec``), so none of them
+can skip routing or failover handling.
 """
 
 from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import DBAPIError, SAWarning
 from sqlalchemy.orm import Session
 
-from .consistency import CommitMark, decode_token
+from .consistency import decode_token
 from .errors import CommitOutcomeUnknown, ReadOnlySessionError, TransactionReplayRequired
 from .routing import ROUTE_OPTION, Route, statement_route
 
 if TYPE_CHECKING:
-    from .database import Router
+    from .consistency import CommitMark
+    from .router import Router
     from .topology import Instance
 
 #: a read that failed with its instance is retried this many times on another instance
@@ -44,12 +50,22 @@ class RoutingSession(Session):
     TransactionReplayRequired raised (nothing of it was committed); a COMMIT cut off raises
     CommitOutcomeUnknown (``db.run_transaction`` resolves that case itself). A writer failure
     also makes the Database find the new writer before the error reaches the caller.
+
+    ``own_commit``: the last commit this session made; every later read through it sees that
+    commit, in whatever context it runs (a framework may reload a returned object elsewhere).
     """
 
-    def __init__(self, router: Router, mode: Mode = "auto",
+    #: the Router of the Database whose ``session_class`` this is (``routing_session_class``)
+    aurora_router: Router | None = None
+
+    def __init__(self, router: Router | None = None, mode: Mode = "auto",
                  after: CommitMark | str | None = None, snapshot: bool = False,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        router = router or self.aurora_router
+        if router is None:
+            raise TypeError(f"{type(self).__name__} needs a router: make sessions with "
+                            "db.session(), db.sessionmaker or db.session_class")
         self.router = router
         self.mode: Mode = mode
         # ``db.sessionmaker(after=token)`` takes a commit token as ``db.session`` does
@@ -57,6 +73,7 @@ class RoutingSession(Session):
             else after
         self.snapshot = snapshot
         self.wrote = False
+        self.own_commit: CommitMark | None = None
         self.last_instance: Instance | None = None  # where the latest statement was sent
         # the writer this transaction uses: it stays there even if the Database learns of a
         # new writer meanwhile (a transaction cannot move; it fails and is replayed instead)
@@ -65,16 +82,14 @@ class RoutingSession(Session):
 
     # -- failures -------------------------------------------------------------------------
 
-    def execute(self, *args: Any, **kwargs: Any) -> Any:
-        return self._retrying(super().execute, *args, **kwargs)
-
-    def scalar(self, *args: Any, **kwargs: Any) -> Any:
-        return self._retrying(super().scalar, *args, **kwargs)
-
-    def scalars(self, *args: Any, **kwargs: Any) -> Any:
-        return self._retrying(super().scalars, *args, **kwargs)
-
-    def _retrying(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _execute_internal(self, *args: Any, **kwargs: Any) -> Any:
+        # SQLAlchemy's one door for execute(), scalar(), scalars(), get(), lazy loads and
+        # refreshes (and SQLModel's exec(), which calls Session.execute past any subclass's
+        # execute): retrying here covers them all. A statement run by a do_orm_execute hook
+        # inside another one is retried with its parent, not on its own.
+        call = super()._execute_internal
+        if kwargs.get("_parent_execute_state") is not None:
+            return call(*args, **kwargs)
         for attempt in range(READ_RETRIES + 1):
             try:
                 return call(*args, **kwargs)
@@ -183,11 +198,28 @@ class RoutingSession(Session):
         return self.router.reader_bind(self)
 
 
+def routing_session_class(base: type[Session] | None, router: Router) -> type[RoutingSession]:
+    """A session class that routes through ``router``, built on ``base`` (any Session
+    subclass; None for SQLAlchemy's own): ``RoutingSession`` comes first in its method order,
+    so routing, retries and failover handling hold whatever ``base`` adds. Raises TypeError
+    naming ``base`` if it is not a Session class."""
+    if base is None:
+        base = Session
+    if not (isinstance(base, type) and issubclass(base, Session)):
+        raise TypeError(f"session_class must be a subclass of sqlalchemy.orm.Session, not "
+                        f"{base!r}")
+    bases: tuple[type, ...] = (base,) if issubclass(base, RoutingSession) else \
+        (RoutingSession, base)
+    name = base.__name__ if issubclass(base, RoutingSession) else f"Routing{base.__name__}"
+    return type(name, bases, {"aurora_router": router, "__module__": base.__module__,
+                              "__qualname__": name})
+
+
 @event.listens_for(RoutingSession, "after_commit")
 def _after_commit(session: Session) -> None:
     if isinstance(session, RoutingSession):
         if session.wrote:
-            session.router.committed()
+            session.own_commit = session.router.committed() or session.own_commit
         session.wrote = False
         session.transaction_writer = None
         session._snapshot_bind = None

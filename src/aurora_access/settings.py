@@ -38,6 +38,10 @@ AURORA_READER_SELECTION       round_robin             round_robin, random, least
 AURORA_READ_YOUR_WRITES       true                    a read after a commit in the same thread or
                                                       task sees that commit
 AURORA_MAX_REPLICA_LAG_MS     1000                    a reader lagging more gets no reads (>= 0)
+AURORA_RYW_SCOPE              context                 whose commits a read must see: ``context``
+                                                      (its own session's, thread's or task's,
+                                                      unit of work's) or ``process`` (every
+                                                      commit of this process: test suites)
 AURORA_RYW_WAIT_MS            50                      ms a read may wait for a reader to apply the
                                                       context's last commit before it goes to the
                                                       writer instead (>= 0)
@@ -81,6 +85,7 @@ __all__ = [
     "DEFAULT_PREFIX",
     "Engine",
     "ReaderSelection",
+    "RywScope",
     "Settings",
     "SslMode",
     "derive_instance_host_pattern",
@@ -91,6 +96,7 @@ __all__ = [
 Engine = Literal["postgresql", "mysql"]
 SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
 ReaderSelection = Literal["round_robin", "random", "least_connections", "lowest_lag"]
+RywScope = Literal["context", "process"]
 
 DEFAULT_PREFIX: Final = "AURORA_"
 DEFAULT_PORTS: Final[Mapping[Engine, int]] = {"postgresql": 5432, "mysql": 3306}
@@ -98,6 +104,7 @@ DEFAULT_PORTS: Final[Mapping[Engine, int]] = {"postgresql": 5432, "mysql": 3306}
 _ENGINES: Final[tuple[str, ...]] = get_args(Engine)
 _SSLMODES: Final[tuple[str, ...]] = get_args(SslMode)
 _READER_SELECTIONS: Final[tuple[str, ...]] = get_args(ReaderSelection)
+_RYW_SCOPES: Final[tuple[str, ...]] = get_args(RywScope)
 
 # Fields whose value must never be shown, not even when it is malformed.
 _SECRET_FIELDS: Final = frozenset({"password"})
@@ -168,6 +175,7 @@ _CHOICES: Final[Mapping[str, tuple[str, ...]]] = {
     "engine": _ENGINES,
     "sslmode": _SSLMODES,
     "reader_selection": _READER_SELECTIONS,
+    "ryw_scope": _RYW_SCOPES,
 }
 _BOOLEANS: Final = ("iam_auth", "read_your_writes")
 _STRINGS: Final = ("cluster_endpoint", "reader_endpoint", "database", "user", "password",
@@ -265,6 +273,7 @@ class Settings:
     pool_recycle: float  # 0 means never: give SQLAlchemy -1 for it, as its 0 recycles always
     reader_selection: ReaderSelection
     read_your_writes: bool
+    ryw_scope: RywScope
     max_replica_lag_ms: float
     ryw_wait_ms: float
     connect_timeout: float
@@ -294,6 +303,7 @@ class Settings:
         pool_recycle: float = 1800.0,
         reader_selection: ReaderSelection = "round_robin",
         read_your_writes: bool = True,
+        ryw_scope: RywScope = "context",
         max_replica_lag_ms: float = 1000.0,
         ryw_wait_ms: float = 50.0,
         connect_timeout: float = 5.0,
@@ -310,7 +320,8 @@ class Settings:
             "instance_host_pattern": instance_host_pattern, "pool_size": pool_size,
             "max_overflow": max_overflow, "pool_timeout": pool_timeout,
             "pool_recycle": pool_recycle, "reader_selection": reader_selection,
-            "read_your_writes": read_your_writes, "max_replica_lag_ms": max_replica_lag_ms,
+            "read_your_writes": read_your_writes, "ryw_scope": ryw_scope,
+            "max_replica_lag_ms": max_replica_lag_ms,
             "ryw_wait_ms": ryw_wait_ms, "connect_timeout": connect_timeout,
             "failover_timeout": failover_timeout, "topology_refresh_s": topology_refresh_s,
             "hung_timeout_s": hung_timeout_s,
@@ -532,6 +543,7 @@ def _tuning(values: _Values) -> dict[str, object]:
         "pool_recycle": float(values.number("pool_recycle", 1800.0)),
         "reader_selection": values.choice("reader_selection", "round_robin"),
         "read_your_writes": values.flag("read_your_writes", True),
+        "ryw_scope": values.choice("ryw_scope", "context"),
         "max_replica_lag_ms": float(values.number("max_replica_lag_ms", 1000.0)),
         "ryw_wait_ms": float(values.number("ryw_wait_ms", 50.0)),
         "connect_timeout": float(values.number("connect_timeout", 5.0)),

@@ -1,0 +1,301 @@
+"""ClusterMonitor: what the cluster looks like now, kept current for the Router.
+
+It discovers the topology (first on the Database's first use, then every
+``AURORA_TOPOLOGY_REFRESH_S`` in a daemon thread), asks the writer for a sign of life (a hung
+writer is cut off and looked for again), reads log positions for read-your-writes, takes readers
+out of the rotation when their connections die and back when they answer, and finds the new
+writer when the writer fails (``recover_writer``). Every query it sends is bounded by the
+watchdog, so a hung host cannot hold it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError
+
+from .consistency import WriterPositions
+from .dialects import EngineDialect
+from .errors import AuroraAccessError, NoWriterAvailable
+from .failover import ErrorKind, Watchdog, WriterDiscovery
+from .pools import InstancePools
+from .router import Router
+from .settings import Settings
+from .stats import Stats
+from .topology import Instance, Topology, discover
+
+log = logging.getLogger("aurora_access")
+
+_MARKER_CLEANUP_INTERVAL_S = 3600.0
+
+
+class ClusterMonitor:
+    """Topology, health and positions of one cluster, for one Database's Router."""
+
+    def __init__(self, settings: Settings, dialect: EngineDialect, pools: InstancePools,
+                 router: Router, stats: Stats) -> None:
+        self.settings = settings
+        self.dialect = dialect
+        self._pools = pools
+        self._router = router
+        self._stats = stats
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._watchdog = Watchdog()
+        self._discovery = WriterDiscovery(self.is_writer, settings.failover_timeout)
+        self._topology_lock = threading.Lock()
+        self._topology_queries = list(dialect.topology_queries)  # reordered by discover
+        self._thread: threading.Thread | None = None
+        #: set by the Database: whether the commit markers' table exists (to clean it up)
+        self.markers_ready: Callable[[], bool] = lambda: False
+        router.request_refresh = self._wake.set
+        router.writer_positions = WriterPositions(self.writer_position)
+        router.replica_position = self.replica_position
+        router.instance_failed = self.instance_failed
+        pools.on_disconnect = self.host_down
+
+    def start(self) -> None:
+        """Discover the cluster and start the monitor thread. Raises NoWriterAvailable if no
+        instance answers as the writer, AuroraAccessError if the login is refused; nothing is
+        left running then."""
+        self.refresh_topology()
+        self._router.lag_mode = not self._positions_supported()
+        self._thread = threading.Thread(target=self._loop, daemon=True,
+                                        name="aurora-access-topology")
+        self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the monitor thread (warning if it would not stop within ``timeout``)."""
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                warnings.warn(f"aurora-access topology monitor did not stop in {timeout} s",
+                              RuntimeWarning, stacklevel=3)
+        self._watchdog.close(timeout)
+
+    # -- topology -----------------------------------------------------------------------
+
+    def refresh_topology(self) -> Topology:
+        """Ask the instances for the topology now; keep the old one if none answers."""
+        s = self.settings
+        known = self._router.topology
+        hosts = [] if known is None else [known.writer.host, *(r.host for r in known.readers)]
+        began = time.monotonic_ns()
+        try:
+            topology = discover(self.query, self.dialect, self._topology_queries,
+                                s.cluster_endpoint, s.reader_endpoint, s.port,
+                                s.instance_host_pattern, [*hosts, s.cluster_endpoint])
+        except Exception as exc:
+            if known is None and self.dialect.is_auth_failure(getattr(exc, "orig", exc)):
+                how = ("an IAM auth token" if s.iam_auth else
+                       f"secret {s.secret_id}" if s.secret_id else "a password")
+                raise AuroraAccessError(
+                    f"{s.cluster_endpoint}:{s.port} refused the login of user {s.user!r} with "
+                    f"{how}: check AURORA_USER, AURORA_REGION and the IAM policy, the "
+                    "password or the secret") from None
+            if known is None:
+                raise NoWriterAvailable(
+                    f"no instance of {s.cluster_endpoint}:{s.port} answered as the writer "
+                    f"({type(exc).__name__}: {exc})") from exc
+            log.warning("topology refresh failed, keeping the last one: %s", exc)
+            return known
+        self._apply(known, topology)
+        self._router.topology_at_ns = began
+        return topology
+
+    def _apply(self, old: Topology | None, new: Topology) -> None:
+        if old is not None and old.writer.id != new.writer.id:
+            log.warning("writer changed: %s -> %s", old.writer.id, new.writer.id)
+            self._stats.bump("failovers")
+            self._router.writer_positions.reset()
+            self._router.replica_positions.reset()
+        if old is None or {r.id for r in old.readers} != {r.id for r in new.readers}:
+            log.info("topology: writer %s, readers %s", new.writer.id,
+                     ", ".join(r.id for r in new.readers) or "none")
+        self._router.topology = new
+        if old is None or (old.writer.host, old.writer.port) != (new.writer.host,
+                                                                  new.writer.port):
+            self._router.writer_engine = None
+        s = self.settings
+        self._pools.retain({new.writer.host, *(r.host for r in new.readers),
+                            s.cluster_endpoint, s.reader_endpoint})
+        self._stats.bump("topology_refreshes")
+
+    # -- failures -----------------------------------------------------------------------
+
+    def instance_failed(self, instance: Instance, kind: ErrorKind) -> None:
+        topology = self._router.current_topology()
+        if instance.host != topology.writer.host:
+            self.host_down(instance.host)
+            return
+        self.recover_writer(instance, kind)
+
+    def recover_writer(self, failed: Instance, kind: ErrorKind) -> Instance:
+        """Find the writer after ``failed`` failed: drop its whole pool, probe every known
+        instance directly and in parallel (never the cluster endpoint, whose DNS lags), adopt
+        the one that takes writes. Threads that fail at the same time share one search.
+        Raises NoWriterAvailable after AURORA_FAILOVER_TIMEOUT."""
+        current = self._router.current_topology()
+        if current.writer.host != failed.host:
+            return current.writer  # another thread already moved on
+        log.warning("writer %s failed (%s): looking for the writer", failed.id, kind.value)
+        self._pools.discard(failed.host)
+        self._router.writer_engine = None
+        host = self._discovery.find(self._instance_hosts)
+        with self._topology_lock:
+            old = self._router.current_topology()
+            if old.writer.host == host:
+                return old.writer
+            known = {i.host: i for i in [old.writer, *old.readers]}
+            writer = Instance(id=known[host].id if host in known else host, host=host,
+                              port=self.settings.port, role="writer")
+            self._apply(old, Topology(writer, [r for r in old.readers if r.host != host]))
+        self._wake.set()  # the monitor fills in the rest (the old writer back as a reader)
+        return writer
+
+    def _instance_hosts(self) -> list[str]:
+        topology = self._router.current_topology()
+        return [topology.writer.host, *(r.host for r in topology.readers)]
+
+    def is_writer(self, host: str) -> bool:
+        return bool(self.query(host, self.dialect.is_writer_sql)[0][0])
+
+    def _heartbeat(self) -> None:
+        """Ask the writer for a sign of life; one that does not answer in
+        AURORA_HUNG_TIMEOUT_S is treated as failed: connections in use on it are cut (their
+        callers see the failure at once instead of after the OS's minutes) and the writer is
+        looked for again."""
+        writer = self._router.current_topology().writer
+        began = time.monotonic()
+        try:
+            self.query(writer.host, "SELECT 1")
+        except DBAPIError as error:
+            kind = self.dialect.classify(error)
+            if not kind.instance_failed:
+                raise
+            cut = self._pools.abort_in_use(writer.host)
+            log.warning("writer %s did not answer the heartbeat within %.1f s (%s); cut %d "
+                        "connection(s) in use", writer.id, time.monotonic() - began,
+                        kind.value, cut)
+            self._stats.bump("writer_heartbeat_failures")
+            self.recover_writer(writer, kind)
+
+    def host_down(self, host: str) -> None:
+        """A connection to ``host`` died: a reader there gets no reads until it answers."""
+        topology = self._router.topology
+        if topology is None:
+            return
+        for reader in topology.readers:
+            if reader.host == host and reader.id not in self._router.unhealthy:
+                log.warning("reader %s lost a connection: no reads until it answers again",
+                            reader.id)
+                self._router.unhealthy = self._router.unhealthy | {reader.id}
+                self._wake.set()
+
+    def query(self, host: str, sql: str, timeout: float | None = None) -> list[tuple[Any, ...]]:
+        """One statement on one host, cut off after ``timeout`` (default AURORA_HUNG_TIMEOUT_S)
+        so that a hung host cannot hold the monitor or a probe."""
+        with self._pools.probe_engine(host, self.settings.port).connect() as conn:
+            dbapi_connection = conn.connection.dbapi_connection
+            guard = self._watchdog.arm(timeout or self.settings.hung_timeout_s,
+                                       lambda: self.dialect.abort_connection(dbapi_connection))
+            try:
+                result = conn.exec_driver_sql(sql)
+                return [tuple(r) for r in result.fetchall()] if result.returns_rows else []
+            finally:
+                self._watchdog.disarm(guard)
+
+    # -- positions ----------------------------------------------------------------------
+
+    def writer_position(self) -> int | None:
+        """The writer's log position now; None if it does not answer (the heartbeat and the
+        sessions deal with a failing writer)."""
+        try:
+            writer = self._router.current_topology().writer
+            return self.dialect.parse_position(
+                self.query(writer.host, self.dialect.writer_position_sql)[0][0])
+        except DBAPIError as exc:
+            log.warning("could not read the writer's position: %s", type(exc).__name__)
+            return None
+
+    def replica_position(self, reader: Instance) -> int | None:
+        """How far ``reader`` has replayed; raises if it does not answer in time."""
+        return self.dialect.parse_position(
+            self.query(reader.host, self.dialect.replica_position_sql)[0][0])
+
+    def _refresh_positions(self) -> None:
+        topology = self._router.topology
+        if topology is None:
+            return
+        if not self._router.lag_mode:
+            began = time.monotonic_ns()
+            position = self.writer_position()
+            if position is not None:
+                self._router.writer_positions.record(began, position)
+        healthy: set[str] = set()
+        for reader in topology.readers:
+            try:
+                replayed = self.replica_position(reader)
+            except Exception as exc:
+                log.debug("reader %s did not answer: %s", reader.id, type(exc).__name__)
+                if isinstance(exc, DBAPIError) and self.dialect.classify(exc).instance_failed:
+                    self._pools.abort_in_use(reader.host)  # reads hung on it fail now
+                continue
+            self._router.replica_positions.update(reader.id, replayed)
+            healthy.add(reader.id)
+        back = self._router.unhealthy & healthy
+        if back:
+            log.info("readers answering again: %s", ", ".join(sorted(back)))
+        self._router.unhealthy = {r.id for r in topology.readers} - healthy
+
+    def _positions_supported(self) -> bool:
+        """Whether the writer tells its log position and readers their replay position
+        (PostgreSQL and MariaDB do; Aurora does not). An instance that does not answer (down,
+        or refusing the login) is no evidence either way: another reader is asked, and with no
+        answer at all positions are assumed until shown otherwise."""
+        topology = self._router.current_topology()
+        for host, sql in [(topology.writer.host, self.dialect.writer_position_sql),
+                          *((r.host, self.dialect.replica_position_sql)
+                            for r in topology.readers)]:
+            try:
+                rows = self.query(host, sql)
+            except DBAPIError as exc:
+                if exc.connection_invalidated or self.dialect.classify(exc).instance_failed \
+                        or self.dialect.is_auth_failure(exc.orig or exc):
+                    continue
+                log.info("log positions unavailable (%s): read-your-writes goes by replica lag",
+                         type(exc.orig).__name__)
+                return False
+            if rows[0][0] is None:
+                return False
+            if host != topology.writer.host:
+                return True  # a reader answered (and the writer, unless it did not answer)
+        return True
+
+    def _loop(self) -> None:
+        next_cleanup = time.monotonic()
+        while True:
+            self._wake.wait(self.settings.topology_refresh_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self._heartbeat()
+                self.refresh_topology()
+                self._refresh_positions()
+                if self.markers_ready() and time.monotonic() >= next_cleanup:
+                    next_cleanup = time.monotonic() + _MARKER_CLEANUP_INTERVAL_S
+                    self.query(self._router.current_topology().writer.host,
+                               self.dialect.commit_marker_cleanup_sql)
+            except NoWriterAvailable as exc:
+                log.warning("%s", exc)
+            except Exception:  # the monitor must outlive any one failure
+                log.exception("topology monitor iteration failed")
