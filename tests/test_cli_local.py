@@ -1,4 +1,4 @@
-"""`aurora-access local up|status|failover|down` as a user runs it, in separate processes."""
+"""`aurora-access local up|env|status|failover|down` as a user runs it, in separate processes."""
 
 from __future__ import annotations
 
@@ -55,6 +55,10 @@ def test_up_status_failover_down(shm_dir: Path, engine: str) -> None:
     state = json.loads((shm_dir / "state.json").read_text())
     pids = [state["forwarder_pid"]] + [n["pid"] for n in state["nodes"]]
 
+    again = cli("local", "env", "--dir", str(shm_dir))  # a second shell's export lines
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == up.stdout
+
     status = cli("local", "status", "--dir", str(shm_dir))
     assert status.returncode == 0, status.stderr
     assert "11 " in status.stdout and "writer" in status.stdout and "lag" in status.stdout
@@ -77,7 +81,7 @@ def test_up_status_failover_down(shm_dir: Path, engine: str) -> None:
 
 
 def test_commands_without_a_cluster_fail_clearly(shm_dir: Path) -> None:
-    for action in ("status", "failover", "down"):
+    for action in ("env", "status", "failover", "down"):
         result = cli("local", action, "--dir", str(shm_dir))
         assert result.returncode == 1
         assert result.stderr.startswith("aurora-access: error: no local cluster in ")

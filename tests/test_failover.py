@@ -55,6 +55,53 @@ def test_a_read_on_a_crashed_reader_is_retried_elsewhere(
         cluster.restart(victim.id)
 
 
+@pytest.mark.parametrize("entry", ["exec", "get", "scalars", "lazy refresh"])
+def test_every_entry_point_of_an_application_session_class_is_retried(
+        cluster: LocalCluster, entry: str) -> None:
+    """``session_class=sqlmodel.Session``: SQLModel's ``exec`` calls ``Session.execute`` past
+    any subclass's ``execute``; the retry must hold there, and on ``get``, ``scalars`` and the
+    reload of an expired object, all through the one door SQLAlchemy has."""
+    import sqlmodel  # noqa: PLC0415 - SQLModel only here
+
+    db = Database.from_env({**cluster.env(), "AURORA_TOPOLOGY_REFRESH_S": "0.5"},
+                           session_class=sqlmodel.Session)
+    try:
+        create_schema(db.engine("writer"))
+        with db.writer() as s:
+            seed(s)
+        settle(db)
+        db.forget_commits()
+        with db.session() as s:
+            assert isinstance(s, sqlmodel.Session) and isinstance(s, RoutingSession)
+            for _ in range(4):  # connections to both readers in their pools
+                where(s)
+            customer = s.get(Customer, 1)
+            assert customer is not None
+            s.expire(customer)
+        victim = cluster.readers[0]
+        cluster.crash(victim.id)
+        try:
+            for _ in range(6):
+                with db.session() as s:
+                    if entry == "exec":
+                        query = sqlmodel.select(Customer).where(Customer.id == 1)
+                        assert s.exec(query).one().id == 1
+                    elif entry == "get":
+                        assert s.get(Customer, 2) is not None
+                    elif entry == "scalars":
+                        assert len(s.scalars(select(Customer.id).limit(3)).all()) == 3
+                    else:
+                        s.add(customer)
+                        s.expire(customer)
+                        assert customer.name  # reloaded through the session
+                    assert s.last_instance is not None and s.last_instance.id != victim.id
+            assert db.stats()["retries"] >= 1
+        finally:
+            cluster.restart(victim.id)
+    finally:
+        db.close()
+
+
 def test_a_reader_down_at_start_does_not_turn_off_log_positions(cluster: LocalCluster) -> None:
     """Its silence says nothing about whether instances tell log positions: another reader is
     asked (a MariaDB cluster, like Aurora, keeps a crashed reader in its topology)."""

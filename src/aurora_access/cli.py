@@ -1,6 +1,6 @@
 """The ``aurora-access`` command line.
 
-``aurora-access local up|status|failover|down`` runs the local Aurora-like cluster in the
+``aurora-access local up|env|status|failover|down`` runs the local Aurora-like cluster in the
 background; ``eval "$(aurora-access local up)"`` configures a shell for it. ``aurora-access
 demo`` is the main job: shop traffic through the library while the writer fails over (see
 ``demo/runner.py``). ``aurora-access check`` checks the ``AURORA_*`` configuration against its
@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=None)
     up.add_argument("--tls", action="store_true",
                     help="serve TLS with a CA made for the cluster (AURORA_SSLROOTCERT)")
-    for name, text in [("status", "show instances, roles and replica lag"),
+    for name, text in [("env", "print the export lines of a running cluster again"),
+                       ("status", "show instances, roles and replica lag"),
                        ("failover", "crash the writer and promote a reader"),
                        ("down", "stop everything the cluster started")]:
         actions.add_parser(name, help=text)
@@ -73,6 +74,14 @@ def _up(args: argparse.Namespace) -> None:
           file=sys.stderr)
     print(f"# stop it with: aurora-access local down --dir {shlex.quote(str(args.dir))}",
           file=sys.stderr)
+    for name, value in cluster.env().items():
+        print(f"export {name}={shlex.quote(value)}")
+
+
+def _env(args: argparse.Namespace) -> None:
+    """The export lines ``up`` printed, for another shell: ``eval "$(aurora-access local
+    env)"``."""
+    cluster = LocalCluster.attach(args.dir)
     for name, value in cluster.env().items():
         print(f"export {name}={shlex.quote(value)}")
 
@@ -122,7 +131,7 @@ def _check(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], int | None]] = {
-        "up": _up, "status": _status, "failover": _failover, "down": _down, "check": _check,
+        "up": _up, "env": _env, "status": _status, "failover": _failover, "down": _down, "check": _check,
         "demo": _demo}
     try:
         # `local` has actions; other commands are their own handler

@@ -66,6 +66,7 @@ class Database(Generic[SessionT]):
         self._router = Router(settings, self.dialect, self._pools, self._stats)
         self._monitor = ClusterMonitor(settings, self.dialect, self._pools, self._router,
                                        self._stats)
+        self._pools.on_commit = self._router.committed  # Core, create_all, Alembic
         #: the routing Session class of this Database, for frameworks that take a class
         self.session_class: type[SessionT] = cast(
             "type[SessionT]", routing_session_class(session_class, self._router))
