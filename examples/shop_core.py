@@ -7,23 +7,15 @@ their HTTP status so that each app maps them with one handler.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 from typing_extensions import TypedDict  # pydantic (FastAPI) needs this one before 3.12
 
-from aurora_access import Database, InvalidCommitToken, RoutingSession
+from aurora_access import Database, RoutingSession
 from aurora_access.demo.models import Cart, CartItem, Customer, Order, Product, Stock
 from aurora_access.demo.shop import OutOfStock, create_schema, place_order, seed
 
-# where a client's commit token travels: the header for API clients, the cookie for browsers
-COMMIT_HEADER = "X-Commit-Token"
-COMMIT_COOKIE = "aurora_commit"
-# a commit reaches every reader within seconds; after that the token constrains nothing
-COMMIT_COOKIE_MAX_AGE_S = 60
 MAX_ID = 2**31 - 1  # the demo schema's ids are 32-bit: anything larger names nothing
 MAX_QUANTITY = 10_000
 
@@ -92,27 +84,6 @@ def create_demo_data(db: Database) -> None:
             seed(s)
     except IntegrityError:
         pass  # another process (the other service, started at the same time) seeded them
-
-
-@contextmanager
-def request_session(db: Database, token: str | None) -> Iterator[RoutingSession]:
-    """``db.session(after=token)`` for one request, then ``db.forget_commits()``.
-
-    The token is what the client got back from its last write: reads then run only where that
-    commit is applied. One that is not ours is the client's mistake (400), not a server error.
-    Forgetting matters where a thread serves request after request (Flask, gunicorn gthread):
-    the next request must not wait for this one's commits, nor see them by accident.
-    """
-    try:
-        with ExitStack() as stack:
-            try:
-                session = stack.enter_context(db.session(after=token))
-            except InvalidCommitToken:  # raised before the session opens
-                raise BadRequest(f"{COMMIT_HEADER} (or cookie {COMMIT_COOKIE}) is not a "
-                                 "commit token of this service") from None
-            yield session
-    finally:
-        db.forget_commits()
 
 
 def search_products(s: Session, q: str, limit: int) -> list[ProductOut]:

@@ -24,7 +24,8 @@ import flask_shop.app
 from aurora_access import Database
 from aurora_access.demo.models import Customer
 from aurora_access.local import LocalCluster
-from shop_core import COMMIT_COOKIE, COMMIT_HEADER
+from aurora_access.web import COOKIE_NAME as COMMIT_COOKIE
+from aurora_access.web import HEADER_NAME as COMMIT_HEADER
 
 with warnings.catch_warnings():
     # Starlette 1.x would drive its TestClient with httpx2; httpx (a dev extra) still works
@@ -199,7 +200,7 @@ def test_unknown_ids_and_bad_input(new_client: NewClient, framework: str,
     assert client.post(f"/customers/{me}/checkout", json={"order_id": "x"}).status_code == bad
     assert client.post(f"/customers/{me}/checkout").status_code == 400  # an empty cart
     nonsense = client.get("/products", headers={COMMIT_HEADER: "nonsense"})
-    assert nonsense.status_code == 400 and COMMIT_HEADER in nonsense.json()["detail"]
+    assert nonsense.status_code == 200  # a token that is not ours is the client's: ignored
 
     assert client.get(f"/customers/{me}/orders").json() == []  # none of it wrote anything
     assert COMMIT_COOKIE not in client.cookies

@@ -19,6 +19,7 @@ head`` and ``uvicorn --factory accounts.fastapi_app:app_from_env`` from ``exampl
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -114,9 +115,9 @@ def delete_item(item_id: int, session: SessionDep) -> Response:
 
 @router.get("/stats")
 def stats(request: Request) -> dict[str, int]:
-    """The library's counters in this process (where reads went), for the demo and tests."""
+    """The library's counters in this worker process (where reads went), and its pid."""
     db: Database[Session] = request.app.state.db
-    return db.stats()
+    return {"pid": os.getpid(), **db.stats()}
 
 
 def create_app(db: Database[Session]) -> FastAPI:

@@ -10,6 +10,7 @@ Run it: ``gunicorn --workers 2 --threads 4 'accounts.flask_app:app_from_env()'``
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from flask import Flask, abort, jsonify, request
@@ -95,7 +96,8 @@ def create_app(db: Database[Session]) -> Flask:
 
     @app.get("/stats")
     def stats() -> Any:
-        return jsonify(db.stats())
+        """The library's counters in this worker process (where reads went), and its pid."""
+        return jsonify({"pid": os.getpid(), **db.stats()})
 
     return app
 

@@ -9,13 +9,13 @@ Run it against a local cluster (uvicorn is not a dependency of aurora-access)::
 or, without the demo data, ``uvicorn --factory fastapi_shop.app:app_from_env`` from
 ``examples/``.
 
-FastAPI runs a sync endpoint, and each half of a sync ``yield`` dependency, in a worker
-thread under a copy of the request's context (aurora-access keeps a context's last commit in
-a ContextVar, so the token must be taken in the call that committed), and it runs the
-dependency's teardown once the response is built: a token set there never reaches the client
-(with ``Depends(scope="request")`` or ``"function"`` alike, FastAPI 0.165). Write endpoints
-therefore commit themselves and put the token on their own response; the dependency only
-opens the session, and closes it (rolling back on an exception).
+``CommitTokenMiddleware`` carries read-your-writes across requests: a request reads after the
+client's last commit (its ``aurora_commit`` cookie or ``X-Commit-Token`` header), and one that
+commits gets the new token back in both. FastAPI runs a sync endpoint, and each half of a sync
+``yield`` dependency, in worker threads under copies of the request's context: the middleware's
+unit of work is shared by all of them. The session dependency closes the session after the
+response has been sent (its default scope), so write endpoints commit themselves, before
+returning: a commit in the dependency's exit would come too late for the response's cookie.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 
 import shop_core as shop
 from aurora_access import Database, RoutingSession
+from aurora_access.web import CommitTokenMiddleware
 
 router = APIRouter()
 Id = Annotated[int, Path(ge=1, le=shop.MAX_ID)]
@@ -50,28 +51,15 @@ def get_db(request: Request) -> Database:
     return cast(Database, request.app.state.db)
 
 
-def request_session(request: Request,
-                    db: Annotated[Database, Depends(get_db)]) -> Iterator[RoutingSession]:
-    """One routing session per request, reading only where the client's last commit (its
-    token, from the header or else the cookie) is applied. An exception from the endpoint
-    reaches the ``yield`` and rolls the session back."""
-    token = request.headers.get(shop.COMMIT_HEADER) or request.cookies.get(shop.COMMIT_COOKIE)
-    with shop.request_session(db, token) as session:
+def request_session(db: Annotated[Database, Depends(get_db)]) -> Iterator[RoutingSession]:
+    """One routing session per request (the middleware makes it read after the client's last
+    commit). An exception from the endpoint reaches the ``yield`` and rolls it back."""
+    with db.session() as session:
         yield session
 
 
 DbDep = Annotated[Database, Depends(get_db)]
 SessionDep = Annotated[RoutingSession, Depends(request_session)]
-
-
-def send_commit_token(db: Database, response: Response) -> None:
-    """Give the client the token of the commit just made (in this thread, hence here), so
-    that its next request reads it back, on a reader that has it."""
-    token = db.commit_token()
-    if token is not None:
-        response.headers[shop.COMMIT_HEADER] = token
-        response.set_cookie(shop.COMMIT_COOKIE, token, max_age=shop.COMMIT_COOKIE_MAX_AGE_S,
-                            httponly=True, samesite="lax")
 
 
 @router.get("/products")
@@ -86,11 +74,9 @@ def get_product(product_id: Id, session: SessionDep) -> shop.ProductOut:
 
 
 @router.post("/customers/{customer_id}/cart/items")
-def add_to_cart(customer_id: Id, item: CartItemIn, session: SessionDep, db: DbDep,
-                response: Response) -> shop.CartOut:
+def add_to_cart(customer_id: Id, item: CartItemIn, session: SessionDep) -> shop.CartOut:
     cart = shop.add_to_cart(session, customer_id, item.product_id, item.quantity)
-    session.commit()  # here, not in the dependency: its teardown comes too late for the token
-    send_commit_token(db, response)
+    session.commit()  # here, not in the dependency: its exit comes after the response
     return cart
 
 
@@ -102,7 +88,6 @@ def checkout(customer_id: Id, db: DbDep, response: Response,
     result = shop.checkout(db, customer_id, order_id)
     if not result["created"]:
         response.status_code = 200
-    send_commit_token(db, response)
     return result
 
 
@@ -123,6 +108,7 @@ def create_app(db: Database, *, close_db_on_shutdown: bool = False) -> FastAPI:
 
     app = FastAPI(title="aurora-access example shop", lifespan=lifespan)
     app.state.db = db
+    app.add_middleware(CommitTokenMiddleware, db=db)
     app.include_router(router)
 
     async def shop_error(request: Request, error: Exception) -> JSONResponse:

@@ -8,12 +8,12 @@ Run it against a local cluster::
 or, without the demo data, ``flask --app 'flask_shop.app:app_from_env()' run`` from
 ``examples/``.
 
-Flask runs a request's view, hooks and teardown in one thread, under one context, and that
-thread serves the next request too (or a new one does, on the development server). The
-request's session lives in ``g``, opened on first use; write views commit it themselves so
-that the commit token can go out on their response; ``teardown_request`` closes it and calls
-``db.forget_commits()``, which here really matters: without it the thread's next request would
-carry this one's commit.
+``CommitTokenWSGIMiddleware`` carries read-your-writes across requests: a request reads after
+the client's last commit (its ``aurora_commit`` cookie or ``X-Commit-Token`` header), one that
+commits gets the new token back, and nothing of a request stays in the thread that serves the
+next one. The request's session lives in ``g``, opened on first use; write views commit it
+themselves, before the response is made (``teardown_request``, which closes it, runs after
+the response has started: too late for the cookie).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from werkzeug.exceptions import HTTPException
 
 import shop_core as shop
 from aurora_access import Database, RoutingSession
+from aurora_access.web import CommitTokenWSGIMiddleware
 
 bp = Blueprint("shop", __name__)
 _EXTENSION = "aurora_access"
@@ -39,11 +40,9 @@ def get_db() -> Database:
 
 
 def request_session() -> RoutingSession:
-    """The request's routing session, reading only where the client's last commit (its
-    token, from the header or else the cookie) is applied; opened on first use."""
+    """The request's routing session, opened on first use."""
     if _SESSION not in g:
-        token = request.headers.get(shop.COMMIT_HEADER) or request.cookies.get(shop.COMMIT_COOKIE)
-        context = shop.request_session(get_db(), token)
+        context = get_db().session()
         setattr(g, _SESSION, context.__enter__())
         setattr(g, _SESSION_CONTEXT, context)
     return cast(RoutingSession, getattr(g, _SESSION))
@@ -51,7 +50,7 @@ def request_session() -> RoutingSession:
 
 def close_session(error: BaseException | None) -> None:
     """teardown_request: close the request's session (committing what a view left, rolling
-    back after an error no handler took), then forget this thread's commits."""
+    back after an error no handler took)."""
     context = g.pop(_SESSION_CONTEXT, None)
     g.pop(_SESSION, None)
     if context is not None:
@@ -59,7 +58,6 @@ def close_session(error: BaseException | None) -> None:
             context.__exit__(None, None, None)
         else:
             context.__exit__(type(error), error, error.__traceback__)
-    get_db().forget_commits()  # also after a checkout, which needs no request session
 
 
 def rollback() -> None:
@@ -69,15 +67,9 @@ def rollback() -> None:
         getattr(g, _SESSION).rollback()
 
 
-def with_token(body: Any, status: int = 200) -> Response:
-    """``body`` as JSON, with the token of the commit just made in this thread."""
+def respond(body: Any, status: int = 200) -> Response:
     response = jsonify(body)
     response.status_code = status
-    token = get_db().commit_token()
-    if token is not None:
-        response.headers[shop.COMMIT_HEADER] = token
-        response.set_cookie(shop.COMMIT_COOKIE, token, max_age=shop.COMMIT_COOKIE_MAX_AGE_S,
-                            httponly=True, samesite="Lax")
     return response
 
 
@@ -103,7 +95,7 @@ def add_to_cart(customer_id: int) -> Response:
     session = request_session()
     cart = shop.add_to_cart(session, customer_id, product_id, quantity)
     session.commit()  # here, not in teardown: the response is gone by then
-    return with_token(cart)
+    return respond(cart)
 
 
 @bp.post("/customers/<int:customer_id>/checkout")
@@ -116,7 +108,7 @@ def checkout(customer_id: int) -> Response:
         except ValueError:
             raise shop.BadRequest("order_id: a UUID") from None
     result = shop.checkout(get_db(), customer_id, order_id)
-    return with_token(result, 201 if result["created"] else 200)
+    return respond(result, 201 if result["created"] else 200)
 
 
 @bp.get("/customers/<int:customer_id>/orders")
@@ -164,6 +156,7 @@ def _int(value: Any, name: str, low: int, high: int) -> int:
 def create_app(db: Database) -> Flask:
     """The shop on ``db``, which stays the caller's to close."""
     app = Flask(__name__)
+    app.wsgi_app = CommitTokenWSGIMiddleware(app.wsgi_app, db=db)  # type: ignore[method-assign]
     app.extensions[_EXTENSION] = db
     app.register_blueprint(bp)
     app.teardown_request(close_session)

@@ -1,5 +1,6 @@
 """aurora-access: read/write-splitting, failover-aware SQLAlchemy sessions for Amazon Aurora."""
 
+from .consistency import UnitOfWork
 from .database import Database
 from .errors import (
     AuroraAccessError,
@@ -31,4 +32,5 @@ __all__ = [
     "Settings",
     "Topology",
     "TransactionReplayRequired",
+    "UnitOfWork",
 ]

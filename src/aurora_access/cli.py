@@ -131,8 +131,8 @@ def _check(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], int | None]] = {
-        "up": _up, "env": _env, "status": _status, "failover": _failover, "down": _down, "check": _check,
-        "demo": _demo}
+        "up": _up, "env": _env, "status": _status, "failover": _failover, "down": _down,
+        "check": _check, "demo": _demo}
     try:
         # `local` has actions; other commands are their own handler
         code = handlers[args.action if args.command == "local" else args.command](args)
