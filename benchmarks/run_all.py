@@ -13,7 +13,9 @@ Runs, one after another on this machine (each starts and stops its own local clu
    both engines);
 3. demo throughput with 0, 1 and 2 readers (``aurora-access demo --failover-every 0``);
 4. connect cost with IAM, cached and signed each time (``iam_connect.py``);
-5. the local cluster's own timings (``local_cluster.py``, both engines).
+5. the local cluster's own timings (``local_cluster.py``, both engines);
+6. a ``commit(); return obj`` web endpoint under uvicorn against a plain single-engine app, at
+   0, 50 and 200 ms of replica lag (``web_commit_latency.py``, PostgreSQL).
 
 The section between the ``run_all`` markers of RESULTS.md is replaced with this run's output
 (the machine, then each benchmark's tables as it printed them); the hand-written sections around
@@ -123,6 +125,10 @@ def main() -> None:
         ("Local cluster, MySQL (`benchmarks/local_cluster.py --engine mysql`)",
          _tables(_run(["benchmarks/local_cluster.py", "--engine", "mysql", "--runs",
                        "2" if quick else "5"]))),
+        ("`commit(); return obj` endpoint latency vs a plain app "
+         "(`benchmarks/web_commit_latency.py`)",
+         _tables(_run(["benchmarks/web_commit_latency.py",
+                       *(["--rounds", "2", "--requests", "20"] if quick else [])]))),
     ]
     body = "\n\n".join(f"### {title}\n\n{text}" for title, text in sections)
     generated = (f"{BEGIN}\n## All benchmarks in one run (`benchmarks/run_all.py`"

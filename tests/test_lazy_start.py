@@ -62,7 +62,7 @@ def test_wait_ready_gives_up_with_the_last_error() -> None:
 def test_wait_ready_waits_for_a_cluster_that_starts_later() -> None:
     """A pre-start script: the application starts before its database does."""
     cluster = LocalCluster(readers=1, port=free_port(1))
-    db = Database.from_env(cluster.env())
+    db = Database.from_env({**cluster.env(), "AURORA_TOPOLOGY_REFRESH_S": "0.2"})
     starter = threading.Timer(1.0, cluster.start)
     starter.start()
     try:
@@ -71,6 +71,8 @@ def test_wait_ready_waits_for_a_cluster_that_starts_later() -> None:
         waited = time.monotonic() - began
         assert topology.writer.id == cluster.writer.id and len(topology.readers) == 1
         assert waited >= 1.0
+        time.sleep(0.5)  # a few refreshes: the monitor keeps running after the failed tries
+        assert "aurora-access-topology" in _library_threads()
         with db.session() as s:
             assert s.execute(text("SELECT 1")).scalar() == 1
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextvars
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -9,7 +11,13 @@ from typing import Any
 import pytest
 
 from aurora_access import InvalidCommitToken
-from aurora_access.consistency import CommitMark, decode_token, encode_token
+from aurora_access.consistency import (
+    CommitMark,
+    CommitTracker,
+    WriterPositions,
+    decode_token,
+    encode_token,
+)
 from aurora_access.dialects.postgresql import PostgresDialect
 from aurora_access.router import Router
 from aurora_access.settings import Settings
@@ -109,3 +117,90 @@ def test_foreign_or_broken_tokens_are_refused(token: str) -> None:
     with pytest.raises(InvalidCommitToken, match="token") as caught:
         decode_token("postgresql", token)
     assert isinstance(caught.value, ValueError)  # what code written before it caught
+
+
+def positions_router(readers: list[Instance], writer_at: int | None = 100,
+                     replayed: dict[str, int] | None = None, **settings: Any) -> Router:
+    """A router in position mode whose writer is at ``writer_at`` and whose readers have
+    replayed ``replayed`` (asked through the callables the monitor gives it, counted)."""
+    r = router(readers, **settings)
+    r.asked = Counter()  # type: ignore[attr-defined]
+
+    def observe() -> int | None:
+        r.asked["writer"] += 1  # type: ignore[attr-defined]
+        return writer_at
+
+    def replica(reader: Instance) -> int | None:
+        r.asked[reader.id] += 1  # type: ignore[attr-defined]
+        return (replayed or {}).get(reader.id)
+
+    r.writer_positions = WriterPositions(observe)
+    r.replica_position = replica
+    return r
+
+
+def test_a_sessions_own_commit_goes_to_the_writer_unless_a_reader_is_known_to_have_it() -> None:
+    r = positions_router([reader("a"), reader("b")], ryw_wait_ms=1000)
+    own = r.committed()
+    assert own is not None
+    r.commits.forget()  # only the session holds it now
+    began = time.monotonic()
+    assert r._choose_reader(r.topology, None, own) is None  # type: ignore[arg-type]
+    assert time.monotonic() - began < 0.1  # no waiting, no question to anyone
+    assert r.asked == {}  # type: ignore[attr-defined]
+    assert r.stats.snapshot()["ryw_own_on_writer"] == 1
+    r.writer_positions.record(time.monotonic_ns(), 100)  # the monitor saw the writer at 100
+    r.replica_positions.update("b", 120)  # ... and reader b past it
+    assert {r._choose_reader(r.topology, None, own).id  # type: ignore[arg-type, union-attr]
+            for _ in range(4)} == {"b"}
+
+
+def test_a_token_beyond_the_writer_is_ignored_after_one_question() -> None:
+    r = positions_router([reader("a")], writer_at=100, replayed={"a": 90}, ryw_wait_ms=1000)
+    forged = decode_token("postgresql", f"aurora1:postgresql:{10**9:x}:1")
+    began = time.monotonic()
+    assert choose(r, forged).id == "a"  # type: ignore[union-attr]
+    assert time.monotonic() - began < 0.1
+    assert r.asked == {"writer": 1}  # type: ignore[attr-defined]
+    assert r.stats.snapshot()["ryw_tokens_ignored"] == 1
+    assert choose(r, forged).id == "a"  # type: ignore[union-attr]
+    assert r.asked == {"writer": 1}  # type: ignore[attr-defined]  # checked once
+
+
+def test_a_plausible_token_waits_for_a_reader_that_has_it() -> None:
+    r = positions_router([reader("a"), reader("b")], writer_at=100,
+                         replayed={"a": 40, "b": 95}, ryw_wait_ms=0)
+    token = decode_token("postgresql", "aurora1:postgresql:5a:1")  # position 90
+    assert choose(r, token).id == "b"  # type: ignore[union-attr]
+    assert r.stats.snapshot()["ryw_tokens_ignored"] == 0
+
+
+def test_process_scope_sees_commits_of_every_thread() -> None:
+    r = positions_router([reader("a")], writer_at=100, replayed={"a": 50}, ryw_wait_ms=0,
+                         ryw_scope="process")
+    other = threading.Thread(target=r.committed)
+    other.start()
+    other.join()
+    assert choose(r) is None  # the reader is behind the other thread's commit
+    assert r.stats.snapshot()["ryw_fallbacks"] == 1
+    per_context = positions_router([reader("a")], writer_at=100, replayed={"a": 50})
+    other = threading.Thread(target=per_context.committed)
+    other.start()
+    other.join()
+    assert choose(per_context).id == "a"  # type: ignore[union-attr]
+
+
+def test_a_unit_of_work_is_shared_by_context_copies_and_forgotten_after() -> None:
+    tracker = CommitTracker()
+    with tracker.unit_of_work(None, lambda mark, ask: "t") as unit:
+        worker = threading.Thread(target=contextvars.copy_context().run,
+                                  args=(tracker.committed,))
+        worker.start()
+        worker.join()
+        assert unit.committed and tracker.marks() == [unit.latest]
+        with tracker.unit_of_work(None, lambda mark, ask: "t") as inner:
+            inner_mark = tracker.committed()
+            assert inner.latest is inner_mark
+            assert tracker.marks() == [inner_mark, inner_mark]  # the inner and outer unit's
+        assert unit.latest is inner_mark  # an inner unit's commits count for the outer one
+    assert tracker.marks() == [] and tracker.current() is None

@@ -63,6 +63,7 @@ def test_a_minimal_environment_gives_the_documented_defaults() -> None:
     assert (s.pool_size, s.max_overflow, s.pool_timeout, s.pool_recycle) == (5, 10, 30.0, 1800.0)
     assert s.reader_selection == "round_robin"
     assert s.read_your_writes is True
+    assert s.ryw_scope == "context"
     assert s.max_replica_lag_ms == 1000.0
     assert s.ryw_wait_ms == 50.0
     assert s.connect_timeout == 5.0
@@ -117,6 +118,7 @@ def test_every_variable_is_parsed(tmp_path: Path) -> None:
         "AURORA_POOL_RECYCLE": "0",
         "AURORA_READER_SELECTION": "least_connections",
         "AURORA_READ_YOUR_WRITES": "off",
+        "AURORA_RYW_SCOPE": "Process",
         "AURORA_MAX_REPLICA_LAG_MS": "250",
         "AURORA_RYW_WAIT_MS": "0",
         "AURORA_CONNECT_TIMEOUT": "1.5",
@@ -141,6 +143,7 @@ def test_every_variable_is_parsed(tmp_path: Path) -> None:
     assert s.pool_recycle == 0.0
     assert s.reader_selection == "least_connections"
     assert s.read_your_writes is False
+    assert s.ryw_scope == "process"
     assert s.max_replica_lag_ms == 250.0
     assert s.ryw_wait_ms == 0.0
     assert s.connect_timeout == 1.5
@@ -215,6 +218,7 @@ def test_boolean_spellings(spelling: str, expected: bool) -> None:
     ("READER_SELECTION", "round-robin",
      "must be one of round_robin, random, least_connections, lowest_lag"),
     ("READ_YOUR_WRITES", "2", "must be true or false"),
+    ("RYW_SCOPE", "thread", "must be one of context, process"),
     ("MAX_REPLICA_LAG_MS", "-5", "must be a number of milliseconds >= 0"),
     ("MAX_REPLICA_LAG_MS", "nan", "must be a number of milliseconds >= 0"),
     ("RYW_WAIT_MS", "-0.5", "must be a number of milliseconds >= 0"),

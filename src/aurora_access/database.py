@@ -14,6 +14,7 @@ that caller and the next use tries again. The parts:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -29,7 +30,7 @@ from .dialects import for_engine
 from .errors import NoWriterAvailable
 from .monitor import ClusterMonitor
 from .pools import InstancePools
-from .router import Router, StartOnce
+from .router import Router
 from .session import RoutingSession, routing_session_class
 from .settings import Settings
 from .stats import STAT_NAMES, Stats
@@ -44,6 +45,24 @@ T = TypeVar("T")
 SessionT = DefaultTypeVar("SessionT", bound=Session, default=RoutingSession)
 
 _WAIT_READY_POLL_S = 0.5
+
+
+class StartOnce:
+    """Runs ``start`` once it succeeds; concurrent first callers wait for one attempt, and a
+    failed attempt is tried again by the next caller."""
+
+    def __init__(self, start: Callable[[], None]) -> None:
+        self._start = start
+        self._lock = threading.Lock()
+        self.done = False
+
+    def __call__(self) -> None:
+        if self.done:
+            return
+        with self._lock:
+            if not self.done:
+                self._start()
+                self.done = True
 
 
 class Database(Generic[SessionT]):
@@ -90,8 +109,7 @@ class Database(Generic[SessionT]):
         try:
             self._monitor.start()
         except BaseException:
-            self._monitor.close()  # leave no thread or connection behind a failed start
-            self._pools.dispose()
+            self._pools.dispose()  # leave no connection behind a failed start
             raise
 
     def wait_ready(self, timeout: float = 30.0) -> Topology:

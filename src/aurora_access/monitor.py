@@ -62,9 +62,13 @@ class ClusterMonitor:
     def start(self) -> None:
         """Discover the cluster and start the monitor thread. Raises NoWriterAvailable if no
         instance answers as the writer, AuroraAccessError if the login is refused; nothing is
-        left running then."""
-        self.refresh_topology()
-        self._router.lag_mode = not self._positions_supported()
+        left running then (a later call may try again)."""
+        try:
+            self.refresh_topology()
+            self._router.lag_mode = not self._positions_supported()
+        except BaseException:
+            self._watchdog.close()
+            raise
         self._thread = threading.Thread(target=self._loop, daemon=True,
                                         name="aurora-access-topology")
         self._thread.start()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -246,7 +245,8 @@ class Router:
 
     def current_topology(self) -> Topology:
         """The topology; the first call connects and discovers it (``start``), raising
-        NoWriterAvailable (or AuthenticationFailed) if that fails; a later call tries again."""
+        NoWriterAvailable (or AuroraAccessError for a refused login) if that fails; a later
+        call tries again."""
         topology = self.topology
         if topology is None:
             self.start()
@@ -255,20 +255,3 @@ class Router:
                 raise NoWriterAvailable("no writer is known for this cluster")
         return topology
 
-
-class StartOnce:
-    """Runs ``start`` once it succeeds; concurrent first callers wait for one attempt, and a
-    failed attempt is tried again by the next caller."""
-
-    def __init__(self, start: Callable[[], None]) -> None:
-        self._start = start
-        self._lock = threading.Lock()
-        self.done = False
-
-    def __call__(self) -> None:
-        if self.done:
-            return
-        with self._lock:
-            if not self.done:
-                self._start()
-                self.done = True
