@@ -10,6 +10,7 @@ cluster (see ``check.py``). Every failure prints one clear line on stderr and ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
@@ -107,6 +108,8 @@ def _failover(args: argparse.Namespace) -> None:
 def _down(args: argparse.Namespace) -> None:
     cluster = LocalCluster.attach(args.dir)
     cluster.close()
+    with contextlib.suppress(OSError):  # the directory `up` made, if nothing else is in it
+        args.dir.rmdir()
     left = cluster.listening_addresses()
     if left:
         raise AuroraAccessError(f"sockets still listening after down: {', '.join(left)}")

@@ -208,10 +208,14 @@ def routing_session_class(base: type[Session] | None, router: Router) -> type[Ro
     if not (isinstance(base, type) and issubclass(base, Session)):
         raise TypeError(f"session_class must be a subclass of sqlalchemy.orm.Session, not "
                         f"{base!r}")
-    bases: tuple[type, ...] = (base,) if issubclass(base, RoutingSession) else \
-        (RoutingSession, base)
-    name = base.__name__ if issubclass(base, RoutingSession) else f"Routing{base.__name__}"
-    return type(name, bases, {"aurora_router": router, "__module__": base.__module__,
+    if issubclass(base, RoutingSession):
+        bases: tuple[type, ...] = (base,)
+        name = base.__qualname__
+    else:
+        bases = (RoutingSession, base)
+        name = "RoutingSession" if base is Session else \
+            f"RoutingSession[{base.__module__}.{base.__qualname__}]"
+    return type(name, bases, {"aurora_router": router, "__module__": __name__,
                               "__qualname__": name})
 
 

@@ -8,6 +8,8 @@ that runs migrations itself (a test) can hand its own Database in ``config.attri
 
 from __future__ import annotations
 
+from logging.config import fileConfig
+
 from alembic import context
 from sqlmodel import SQLModel
 
@@ -15,6 +17,9 @@ import accounts.models  # noqa: F401 - the tables, in SQLModel.metadata
 from aurora_access import Database
 
 given = context.config.attributes.get("db")
+if given is None and context.config.config_file_name is not None:
+    # alembic.ini's logging ("Running upgrade ..."), leaving the program's other loggers alone
+    fileConfig(context.config.config_file_name, disable_existing_loggers=False)
 db = given if given is not None else Database.from_env()
 try:
     if context.is_offline_mode():
