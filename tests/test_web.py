@@ -14,7 +14,7 @@ import pytest
 from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException
 from flask import Flask, jsonify
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import String, select
+from sqlalchemy import String, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from aurora_access import Database, RoutingSession
@@ -426,3 +426,30 @@ def test_a_commit_after_the_response_started_is_reported(db: Database,
     assert all("set-cookie" not in r.headers for r in responses)
     late_warnings = [r for r in caplog.records if "after its response had started" in r.message]
     assert len(late_warnings) == 1
+
+
+def test_commits_through_the_writer_engine_count_too(db: Database) -> None:
+    """Core, ``create_all`` and Alembic commit on ``db.engine("writer")``, not through a
+    session: the next session read in that context must see what they did (a table made a
+    moment ago, a row inserted with Core), though the readers lag."""
+    for n in range(ROUNDS[db.dialect.name] // 3):
+        with db.engine("writer").begin() as conn:
+            conn.execute(Note.__table__.insert().values(body=f"core {n}"))  # type: ignore[attr-defined]
+        with db.session() as s:
+            assert s.scalar(select(Note.id).where(Note.body == f"core {n}")) is not None
+        db.forget_commits()
+        table = f"web_fresh_{db.dialect.name}_{n}"
+        with db.engine("writer").begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+            conn.exec_driver_sql(f"CREATE TABLE {table} (id int)")
+        with db.session() as s:
+            assert s.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 0
+
+
+def test_a_session_commit_is_recorded_once(db: Database) -> None:
+    """Sessions record their own commits; the writer engine's commit listener is not theirs."""
+    with db.session() as s:
+        s.add(Note(body="once"))
+        s.commit()
+        own = s.own_commit
+    assert db._router.commits.current() is own

@@ -252,10 +252,11 @@ class Database(Generic[SessionT]):
     def engine(self, role: str) -> Engine:
         """A SQLAlchemy Engine (for Core, Alembic) on the current writer ("writer"), on a
         reader ("reader"; the writer if there is none), or on one instance by its id.
-        ValueError naming the instances if ``role`` is none of those."""
+        Transactions committed through the writer's count for read-your-writes. ValueError
+        naming the instances if ``role`` is none of those."""
         topology = self.topology()
-        if role == "writer":
-            return self._pools.engine(topology.writer)
+        if role in ("writer", topology.writer.id):
+            return self._pools.tracked_engine(topology.writer)
         if role == "reader":
             readers = [r for r in topology.readers if r.id not in self._router.unhealthy]
             return self._pools.engine(readers[0] if readers else topology.writer)

@@ -6,10 +6,12 @@ round trip, and psycopg keeps its prepared statements (its rollback returns earl
 autocommit). A session that asks for one consistent snapshot gets a REPEATABLE READ, read-only
 transaction on the same pool (``snapshot_engine``).
 
-Commits through a writer's engine that no routing session made (``db.engine("writer")`` for
-Core, ``create_all``, Alembic) count for read-your-writes like a session's (``on_commit``);
-sessions get the same pool through an engine marked as theirs (``session_engine``), since they
-record their own commits, knowing whether they wrote.
+Commits through the writer's engine that the application is given (``db.engine("writer")``
+for Core, ``create_all``, Alembic) count for read-your-writes like a session's: that engine
+(``tracked_engine``) shares the writer's pool and adds a commit listener. Sessions use the
+engine itself, with no engine event, which keeps their statements on SQLAlchemy's fast path
+(any engine event costs every statement about 130 Python calls, measured), and record their
+own commits, knowing whether they wrote.
 
 Engines of instances that left the topology are disposed: idle connections close at once,
 connections in use close when they are returned, so nothing in flight breaks.
@@ -31,9 +33,6 @@ from .settings import Settings
 from .topology import Instance
 
 log = logging.getLogger("aurora_access")
-
-# marks the connections of routing sessions (they record their own commits)
-_SESSION_OPTION = "aurora_session"
 
 
 def _apply(login: tuple[str | None, str | None], cparams: dict[str, Any]) -> None:
@@ -62,12 +61,12 @@ class InstancePools:
         self._credentials = credentials
         #: called with a host when one of its connections turns out dead
         self.on_disconnect = on_disconnect
-        #: called when a transaction that no routing session made commits on a writer engine
+        #: called when a transaction commits on a ``tracked_engine``
         self.on_commit: Callable[[], object] | None = None
         self._lock = threading.Lock()
         self._engines: dict[tuple[str, int, bool], Engine] = {}
         self._snapshot: dict[tuple[str, int], Engine] = {}
-        self._session: dict[tuple[str, int], Engine] = {}
+        self._tracked: dict[tuple[str, int], Engine] = {}
         # DBAPI connections in use, per host: what to cut when that host hangs
         self._in_use: dict[str, set[Any]] = {}
 
@@ -98,14 +97,20 @@ class InstancePools:
                 self._engines[key] = engine
         return engine
 
-    def session_engine(self, instance: Instance) -> Engine:
-        """``engine(instance)`` for a routing session: its commits are the session's to
-        record."""
+    def tracked_engine(self, instance: Instance) -> Engine:
+        """``engine(instance)`` for the application: the same pool, and every transaction
+        committed through it is reported to ``on_commit``."""
         key = (instance.host, instance.port)
-        engine = self._session.get(key)
+        engine = self._tracked.get(key)
         if engine is None:
-            engine = self.engine(instance).execution_options(**{_SESSION_OPTION: True})
-            self._session[key] = engine
+            engine = self.engine(instance).execution_options()
+
+            @event.listens_for(engine, "commit")
+            def _committed(connection: Any) -> None:
+                if self.on_commit is not None:
+                    self.on_commit()
+
+            self._tracked[key] = engine
         return engine
 
     def snapshot_engine(self, instance: Instance) -> Engine:
@@ -133,13 +138,6 @@ class InstancePools:
             # nothing to roll back on return in autocommit
             options["pool_reset_on_return"] = None
         engine = create_engine(self.url(host, port), **options)
-        if not autocommit:
-            @event.listens_for(engine, "commit")
-            def _committed(connection: Any) -> None:
-                if self.on_commit is not None and \
-                        not connection.get_execution_options().get(_SESSION_OPTION):
-                    self.on_commit()
-
         self._dialect.prepare_engine(engine)
         credentials, ours = self._credentials, self._dialect
 
@@ -203,7 +201,7 @@ class InstancePools:
         with self._lock:
             gone = [k for k in self._engines if k[0] == host]
             engines = [self._engines.pop(k) for k in gone]
-            for cache in (self._snapshot, self._session):
+            for cache in (self._snapshot, self._tracked):
                 for key in [k for k in cache if k[0] == host]:
                     del cache[key]
             self._in_use.pop(host, None)
@@ -220,6 +218,6 @@ class InstancePools:
             engines = list(self._engines.values())
             self._engines.clear()
             self._snapshot.clear()
-            self._session.clear()
+            self._tracked.clear()
         for engine in engines:
             engine.dispose()

@@ -79,7 +79,7 @@ class Router:
         session.last_instance = topology.writer
         engine = self.writer_engine
         if engine is None:
-            engine = self.writer_engine = self.pools.session_engine(topology.writer)
+            engine = self.writer_engine = self.pools.engine(topology.writer)
         return engine
 
     def reader_bind(self, session: RoutingSession, snapshot: bool = False) -> Engine:
@@ -89,7 +89,7 @@ class Router:
             writer = session.last_instance = topology.writer
             self.stats.bump("reads_on_writer")
             if snapshot:
-                return self.pools.session_engine(writer)
+                return self.pools.engine(writer)
             # a read, even on the writer, needs no transaction: autocommit, one round trip
             return self.pools.probe_engine(writer.host, writer.port)
         session.last_instance = reader
