@@ -453,3 +453,32 @@ def test_a_session_commit_is_recorded_once(db: Database) -> None:
         s.commit()
         own = s.own_commit
     assert db._router.commits.current() is own
+
+
+def test_every_way_to_a_session_gives_the_application_class(engine_cluster: LocalCluster) -> None:
+    import sqlmodel  # noqa: PLC0415 - SQLModel only here
+
+    class ProjectSession(sqlmodel.Session):
+        """A project's own subclass, with a helper of its own."""
+
+        def note_count(self) -> int:
+            return len(self.exec(sqlmodel.select(Note.id)).all())
+
+    shop = Database.from_env(engine_cluster.env(), session_class=ProjectSession)
+    try:
+        made: list[Any] = []
+        for context in (shop.session(), shop.read_only(), shop.read_only(snapshot=True),
+                        shop.writer()):
+            with context as s:
+                made.append(s)
+                assert s.note_count() >= 0
+        with shop.sessionmaker() as s:
+            made.append(s)
+        made.append(shop.run_transaction(lambda s: s))
+        assert all(isinstance(s, ProjectSession) and isinstance(s, RoutingSession)
+                   for s in made), [type(s) for s in made]
+        assert shop.session_class.__name__.endswith(".ProjectSession]")
+    finally:
+        shop.close()
+    with pytest.raises(TypeError, match="session_class must be a subclass"):
+        Database.from_env(engine_cluster.env(), session_class=dict)  # type: ignore[arg-type]
