@@ -455,8 +455,11 @@ def test_a_session_commit_is_recorded_once(db: Database) -> None:
     assert db._router.commits.current() is own
 
 
-def test_every_way_to_a_session_gives_the_application_class(engine_cluster: LocalCluster) -> None:
+def test_every_way_to_a_session_gives_the_application_class(engine_cluster: LocalCluster,
+                                                            db: Database) -> None:
     import sqlmodel  # noqa: PLC0415 - SQLModel only here
+
+    settle(db)  # the notes table on every reader
 
     class ProjectSession(sqlmodel.Session):
         """A project's own subclass, with a helper of its own."""
