@@ -36,7 +36,10 @@ def test_a_local_demo_loses_nothing_through_two_failovers(engine: str) -> None:
     assert summary["failovers"] == 2
     assert all(r is not None and r < 5 for r in summary["recovery_s"]), summary["recovery_s"]
     assert summary["orders_placed"] > 50
-    assert summary["reads_on_readers"] > summary["reads_on_writer"] > 0
+    # a round reads about 3.5 times outside transactions (readers) and 4 times inside its cart
+    # and checkout transactions (the writer): the two counts are close by design (measured
+    # 0.77-1.5 over six 7 s runs, before and after issue 10); readers must take their share
+    assert summary["reads_on_readers"] > summary["reads_on_writer"] / 2 > 0
     assert "2,000 products" in live.getvalue()  # what was loaded, said on the live stream
 
 
