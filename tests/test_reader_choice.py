@@ -19,6 +19,7 @@ from aurora_access.consistency import (
     encode_token,
 )
 from aurora_access.dialects.postgresql import PostgresDialect
+from aurora_access.monitor import ClusterMonitor
 from aurora_access.router import Router
 from aurora_access.settings import Settings
 from aurora_access.stats import Stats
@@ -35,6 +36,9 @@ class FakePools:
 
     def checked_out(self, instance: Instance) -> int:
         return self.in_use.get(instance.id, 0)
+
+    def retain(self, hosts: set[str]) -> None:
+        pass
 
 
 def router(readers: list[Instance], **settings: Any) -> Router:
@@ -204,3 +208,16 @@ def test_a_unit_of_work_is_shared_by_context_copies_and_forgotten_after() -> Non
             assert tracker.marks() == [inner_mark, inner_mark]  # the inner and outer unit's
         assert unit.latest is inner_mark  # an inner unit's commits count for the outer one
     assert tracker.marks() == [] and tracker.current() is None
+
+
+def test_a_reader_that_joins_gets_reads_once_it_has_answered() -> None:
+    """An old writer rejoining (a MariaDB one is rebuilt and refuses the application's login
+    until it has replayed the account) is listed before it is ready."""
+    r = router([reader("a")])
+    monitor = ClusterMonitor(r.settings, r.dialect, r.pools, r, r.stats)  # type: ignore[arg-type]
+    old = r.topology
+    assert old is not None
+    monitor._apply(old, Topology(WRITER, [reader("a"), reader("w2")]))
+    assert {choose(r).id for _ in range(6)} == {"a"}  # type: ignore[union-attr]
+    r.unhealthy = set()  # the monitor's next round: it answered
+    assert {choose(r).id for _ in range(6)} == {"a", "w2"}  # type: ignore[union-attr]

@@ -124,6 +124,13 @@ class ClusterMonitor:
         if old is None or {r.id for r in old.readers} != {r.id for r in new.readers}:
             log.info("topology: writer %s, readers %s", new.writer.id,
                      ", ".join(r.id for r in new.readers) or "none")
+        if old is not None:
+            # a reader that joins (an old writer rejoining, a new replica) gets reads once it
+            # has answered the monitor: listed is not ready (a rebuilt MariaDB instance refuses
+            # the application's login until it has replayed the account)
+            joined = {r.id for r in new.readers} - {r.id for r in old.readers}
+            if joined:
+                self._router.unhealthy = self._router.unhealthy | joined
         self._router.topology = new
         if old is None or (old.writer.host, old.writer.port) != (new.writer.host,
                                                                   new.writer.port):
