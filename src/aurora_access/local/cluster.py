@@ -229,6 +229,9 @@ class LocalCluster:
             self._servers.configure_app(writer.host, self.database, self.user, self.password)
             self._servers.record_topology(writer.host, writer.id, ids, self.replica_lag_ms)
             self._wait_streaming([n.id for n in self.reader_nodes], deadline)
+            # a lagging reader applies the setup (the application's login) that much later
+            self._servers.wait_replayed(writer.host, [n.host for n in self.reader_nodes],
+                                        deadline)
             self._start_forwarder()
             self._save()
         except BaseException:

@@ -327,6 +327,20 @@ class MariaDbServers:
             cur.executemany("INSERT INTO aurora_local.instances VALUES (%s, %s, %s)", rows)
             cur.execute("COMMIT")
 
+    def wait_replayed(self, writer_host: str, reader_hosts: list[str], deadline: float) -> None:
+        """Until every reader has applied all the writer has now (its setup: the application
+        account)."""
+        with self.connect(writer_host) as conn, conn.cursor() as cur:
+            cur.execute("SELECT @@gtid_binlog_pos")
+            target = cur.fetchone()[0]
+        for host in reader_hosts:
+            with self.connect(host) as conn, conn.cursor() as cur:
+                cur.execute("SELECT MASTER_GTID_WAIT(%s, %s)",
+                            (target, max(0.0, deadline - time.monotonic())))
+                if cur.fetchone()[0] != 0:
+                    raise LocalClusterError(f"reader {host} did not apply the cluster's setup "
+                                            "in time")
+
     def streaming_readers(self, writer_host: str) -> set[str]:
         """Ids of the readers that replicate from the writer: registered with it, both
         replication threads running, and everything the writer had logged received."""

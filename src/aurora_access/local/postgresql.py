@@ -325,6 +325,21 @@ class PostgresServers:
             ).fetchall()
         return {r[0] for r in rows}
 
+    def wait_replayed(self, writer_host: str, reader_hosts: list[str], deadline: float) -> None:
+        """Until every reader has replayed all the writer has now (its setup: the application
+        role's password, which a lagging reader applies ``replica_lag_ms`` later)."""
+        with psycopg.connect(self.conninfo(writer_host), autocommit=True) as conn:
+            target = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
+        assert target is not None
+        for host in reader_hosts:
+            with psycopg.connect(self.conninfo(host), autocommit=True) as conn:
+                while conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn",
+                                   (target[0],)).fetchone() != (True,):
+                    if time.monotonic() > deadline:
+                        raise LocalClusterError(f"reader {host} did not replay the cluster's "
+                                                "setup in time")
+                    time.sleep(0.005)
+
     def configure_app(self, writer_host: str, database: str, user: str, password: str) -> None:
         """Give the application role its password; make the database and role if not the
         template's ones. Runs on the writer; replication carries it to the readers."""
