@@ -20,12 +20,13 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.exc import DBAPIError
 
 import fastapi_shop.app
-import flask_shop.app
+import flask_shop
 from aurora_access import Database
 from aurora_access.demo.models import Customer
 from aurora_access.local import LocalCluster
 from aurora_access.web import COOKIE_NAME as COMMIT_COOKIE
 from aurora_access.web import HEADER_NAME as COMMIT_HEADER
+from flask_shop.extensions import db
 
 with warnings.catch_warnings():
     # Starlette 1.x would drive its TestClient with httpx2; httpx (a dev extra) still works
@@ -47,7 +48,10 @@ def new_client(shop_db: Database, framework: str) -> Iterator[NewClient]:
     if framework == "fastapi":
         make: NewClient = partial(TestClient, fastapi_shop.app.create_app(shop_db))
     else:  # the WSGI app runs in the calling thread, as a threaded server would run it
-        wsgi = httpx.WSGITransport(app=flask_shop.app.create_app(shop_db))
+        flask_app = flask_shop.create_app(database=shop_db)
+        with flask_app.app_context():
+            db.create_all()  # the Flask shop's own tables (and its in-memory analytics store)
+        wsgi = httpx.WSGITransport(app=flask_app)
         make = partial(httpx.Client, transport=wsgi, base_url="http://testserver")
 
     def new() -> httpx.Client:

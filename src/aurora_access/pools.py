@@ -113,6 +113,14 @@ class InstancePools:
             self._tracked[key] = engine
         return engine
 
+    def connect_detached(self, instance: Instance) -> Any:
+        """A DBAPI connection to ``instance`` (transactional), logged in as the pools' own
+        are, and no longer the pool's: its caller owns and closes it (another engine's pool,
+        such as Flask-SQLAlchemy's)."""
+        proxy = self.engine(instance).raw_connection()
+        proxy.detach()
+        return proxy.dbapi_connection
+
     def snapshot_engine(self, instance: Instance) -> Engine:
         """The reader's pool, in a read-only REPEATABLE READ transaction per session."""
         key = (instance.host, instance.port)
@@ -176,6 +184,10 @@ class InstancePools:
 
         @event.listens_for(engine.pool, "close")
         def _closed(dbapi_connection: Any, record: Any) -> None:
+            in_use.discard(dbapi_connection)
+
+        @event.listens_for(engine.pool, "detach")
+        def _detached(dbapi_connection: Any, record: Any) -> None:
             in_use.discard(dbapi_connection)
 
         return engine

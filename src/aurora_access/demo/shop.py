@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from .models import Base, Customer, Order, OrderLine, Product, Stock
@@ -35,7 +35,20 @@ def seed(session: Session, products: int = 50, customers: int = 50,
         session.add(Stock(product_id=i, quantity=stock_each))
     for i in range(1, customers + 1):
         session.add(Customer(id=i, email=f"customer{i}@example.com", name=f"Customer {i}"))
+    session.flush()
+    advance_id_sequences(session.connection())
 
+
+def advance_id_sequences(connection: Connection) -> None:
+    """After rows inserted with explicit ids: PostgreSQL's id sequences do not move by
+    themselves (MySQL's AUTO_INCREMENT does), so the next row inserted without an id would
+    take id 1 again."""
+    if connection.dialect.name != "postgresql":
+        return
+    for table in ("products", "customers"):
+        connection.exec_driver_sql(
+            f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+            f"(SELECT coalesce(max(id), 1) FROM {table}))")
 
 def place_order(session: Session, customer_id: int, items: Mapping[int, int],
                 order_id: str | None = None) -> str:

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from ..database import Database
 from ..errors import CommitOutcomeUnknown, FailoverError
 from .models import Cart, CartItem, Customer, Order, Product, Stock
-from .shop import place_order
+from .shop import advance_id_sequences, place_order
 
 BATCH = 5000
 
@@ -41,6 +41,7 @@ def load_catalog(engine: Engine, products: int, customers: int, stock_each: int)
             conn.execute(insert(Customer), [
                 {"id": i, "email": f"customer{i}@example.com", "name": f"Customer {i}"}
                 for i in range(first, min(first + BATCH, customers + 1))])
+        advance_id_sequences(conn)
 
 
 @dataclass
