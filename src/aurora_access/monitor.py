@@ -27,7 +27,7 @@ from .pools import InstancePools
 from .router import Router
 from .settings import Settings
 from .stats import Stats
-from .topology import Instance, Topology, discover
+from .topology import Instance, Topology, discover, read_metadata
 
 log = logging.getLogger("aurora_access")
 
@@ -47,9 +47,12 @@ class ClusterMonitor:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._watchdog = Watchdog()
-        self._discovery = WriterDiscovery(self.is_writer, settings.failover_timeout)
+        self._discovery = WriterDiscovery(self._probe_writer, settings.failover_timeout)
         self._topology_lock = threading.Lock()
         self._topology_queries = list(dialect.topology_queries)  # reordered by discover
+        # every instance ever seen, by host: writer discovery asks them all, whatever the last
+        # topology said (an instance rejoining after a failover is missing from it)
+        self._seen: dict[str, Instance] = {}
         self._thread: threading.Thread | None = None
         #: set by the Database: whether the commit markers' table exists (to clean it up)
         self.markers_ready: Callable[[], bool] = lambda: False
@@ -91,12 +94,12 @@ class ClusterMonitor:
         """Ask the instances for the topology now; keep the old one if none answers."""
         s = self.settings
         known = self._router.topology
-        hosts = [] if known is None else [known.writer.host, *(r.host for r in known.readers)]
         began = time.monotonic_ns()
         try:
             topology = discover(self.query, self.dialect, self._topology_queries,
                                 s.cluster_endpoint, s.reader_endpoint, s.port,
-                                s.instance_host_pattern, [*hosts, s.cluster_endpoint])
+                                s.instance_host_pattern,
+                                [*self._instance_hosts(), s.cluster_endpoint])
         except Exception as exc:
             if known is None and self.dialect.is_auth_failure(getattr(exc, "orig", exc)):
                 how = ("an IAM auth token" if s.iam_auth else
@@ -132,6 +135,7 @@ class ClusterMonitor:
             if joined:
                 self._router.unhealthy = self._router.unhealthy | joined
         self._router.topology = new
+        self._remember(new.instances)
         if old is None or (old.writer.host, old.writer.port) != (new.writer.host,
                                                                   new.writer.port):
             self._router.writer_engine = None
@@ -165,29 +169,61 @@ class ClusterMonitor:
             old = self._router.current_topology()
             if old.writer.host == host:
                 return old.writer
-            known = {i.host: i for i in [old.writer, *old.readers]}
-            writer = Instance(id=known[host].id if host in known else host, host=host,
+            seen = self._seen.get(host)
+            writer = Instance(id=seen.id if seen is not None else host, host=host,
                               port=self.settings.port, role="writer")
             self._apply(old, Topology(writer, [r for r in old.readers if r.host != host]))
         self._wake.set()  # the monitor fills in the rest (the old writer back as a reader)
         return writer
 
     def _instance_hosts(self) -> list[str]:
-        topology = self._router.current_topology()
-        return [topology.writer.host, *(r.host for r in topology.readers)]
+        """Where the writer may be: every instance ever seen, the current topology's first;
+        without a host pattern, only the cluster endpoint (the reader endpoint's answer says
+        nothing of the next connection it forwards)."""
+        if self.settings.instance_host_pattern is None:
+            return [self.settings.cluster_endpoint]
+        topology = self._router.topology
+        current = [] if topology is None else [i.host for i in topology.instances]
+        return list(dict.fromkeys([*current, *self._seen]))
 
-    def is_writer(self, host: str) -> bool:
-        return bool(self.query(host, self.dialect.is_writer_sql)[0][0])
+    def _remember(self, instances: list[Instance]) -> None:
+        for instance in instances:
+            self._seen[instance.host] = instance
+
+    def _probe_writer(self, host: str) -> bool:
+        """Whether ``host`` is the writer: it says it takes writes and, where Aurora's
+        metadata exists, the metadata on it names no other writer. The instances that
+        metadata names are remembered, so the search asks them too (the instance promoted may
+        be one the last topology missed)."""
+        takes_writes = bool(self.query(host, self.dialect.is_writer_sql)[0][0])
+        pattern = self.settings.instance_host_pattern
+        if pattern is None:
+            return takes_writes
+        try:  # a copy of the query list: probes run in parallel, the reordering is discover's
+            named = read_metadata(self.query, self.dialect, list(self._topology_queries), host,
+                                  pattern, self.settings.port)
+        except Exception:  # no metadata to be had here: the instance's word stands
+            return takes_writes
+        self._remember(named)
+        me = self._seen.get(host)
+        writers = {i.id for i in named if i.role == "writer"}
+        if takes_writes and writers and me is not None and me.id not in writers:
+            log.info("%s takes writes but its metadata names %s the writer: not yet", host,
+                     ", ".join(sorted(writers)))
+            return False
+        return takes_writes
 
     def _heartbeat(self) -> None:
-        """Ask the writer for a sign of life; one that does not answer in
+        """Ask the writer whether it still takes writes; one that does not answer in
         AURORA_HUNG_TIMEOUT_S is treated as failed: connections in use on it are cut (their
         callers see the failure at once instead of after the OS's minutes) and the writer is
-        looked for again."""
+        looked for again, as it is when the writer answers that it no longer takes writes."""
         writer = self._router.current_topology().writer
         began = time.monotonic()
         try:
-            self.query(writer.host, "SELECT 1")
+            if not self.query(writer.host, self.dialect.is_writer_sql)[0][0]:
+                log.warning("writer %s no longer takes writes", writer.id)
+                self.recover_writer(writer, ErrorKind.READ_ONLY)
         except DBAPIError as error:
             kind = self.dialect.classify(error)
             if not kind.instance_failed:
