@@ -78,6 +78,9 @@ class AuroraSession(RoutingSession, FlaskSession):
         super().__init__(router=database._router, db=db, **kwargs)
         self.extension = db
 
+    def routes(self, mapper: Any) -> bool:
+        return _bind_key(mapper, None) is None
+
     def get_bind(self, mapper: Any = None, clause: Any = None, bind: Any = None,
                  **kw: Any) -> Any:
         if bind is not None:

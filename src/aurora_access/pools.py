@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import URL, Engine, create_engine, event
+from sqlalchemy import URL, Engine, create_engine, event, exc
 
 from .auth import Credentials
 from .dialects import EngineDialect
@@ -67,6 +67,8 @@ class InstancePools:
         self._engines: dict[tuple[str, int, bool], Engine] = {}
         self._snapshot: dict[tuple[str, int], Engine] = {}
         self._tracked: dict[tuple[str, int], Engine] = {}
+        # hosts that accepted a login: a refusal there later is the instance changing
+        self._accepted: set[str] = set()
         # DBAPI connections in use, per host: what to cut when that host hangs
         self._in_use: dict[str, set[Any]] = {}
 
@@ -153,14 +155,24 @@ class InstancePools:
         def _login(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
             _apply(credentials.login(host, port), cparams)
             try:
-                connection = dialect.connect(*cargs, **cparams)
+                try:
+                    connection = dialect.connect(*cargs, **cparams)
+                except Exception as error:
+                    if not ours.is_auth_failure(error) or not credentials.renew(host, port):
+                        raise
+                    log.info("login to %s:%s refused; trying once more with fresh "
+                             "credentials", host, port)
+                    _apply(credentials.login(host, port), cparams)
+                    connection = dialect.connect(*cargs, **cparams)
             except Exception as error:
-                if not ours.is_auth_failure(error) or not credentials.renew(host, port):
-                    raise
-                log.info("login to %s:%s refused; trying once more with fresh credentials",
-                         host, port)
-                _apply(credentials.login(host, port), cparams)
-                connection = dialect.connect(*cargs, **cparams)
+                if host in self._accepted and ours.is_auth_failure(error):
+                    # it took these credentials before: the instance was rebuilt or replaced
+                    # (a failover), which is the instance failing, not a wrong configuration
+                    raise ours.lost_connection_error(
+                        f"{host}:{port} refused a login it accepted before (an instance "
+                        "rebuilt or replaced)") from error
+                raise
+            self._accepted.add(host)
             ours.connected(connection)
             return connection
 
@@ -176,6 +188,12 @@ class InstancePools:
 
         @event.listens_for(engine.pool, "checkout")
         def _checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+            if self._dialect.idle_connection_lost(dbapi_connection):
+                # a connection whose server went away (a crash, a failover) is replaced
+                # before a statement fails on it (a transaction's first statement, a read to
+                # retry elsewhere); no round trip: the socket tells
+                raise exc.DisconnectionError(f"the connection to {host} was closed by the "
+                                             "server")
             in_use.add(dbapi_connection)
 
         @event.listens_for(engine.pool, "checkin")

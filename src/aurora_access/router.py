@@ -73,8 +73,9 @@ class Router:
 
     # -- binds for RoutingSession -------------------------------------------------------
 
-    def writer_bind(self, session: RoutingSession) -> Engine:
-        self.stats.bump("writes" if session.wrote else "reads_on_writer")
+    def writer_bind(self, session: RoutingSession, count: bool = True) -> Engine:
+        if count:
+            self.stats.bump("writes" if session.wrote else "reads_on_writer")
         topology = self.current_topology()
         session.last_instance = topology.writer
         engine = self.writer_engine

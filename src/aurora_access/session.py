@@ -14,6 +14,7 @@ can skip routing or failover handling.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import warnings
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 #: a read that failed with its instance is retried this many times on another instance
 READ_RETRIES = 2
+# a bind argument of _open_writer_connection's: the writer, with nothing routed or counted
+_OPEN_WRITER = "aurora_open_writer"
 
 Mode = Literal["auto", "read_only", "writer"]
 
@@ -46,10 +49,15 @@ class RoutingSession(Session):
 
     When an instance fails under it (connection lost, server shutting down, a writer that
     turned read-only): a read outside a write transaction is retried on another instance
-    without the caller seeing it; inside a write transaction the session is rolled back and
+    without the caller seeing it, and so is the first statement of a write transaction
+    (nothing of the transaction ran, nothing reached the caller: it runs on the new writer);
+    once a statement of a write transaction has run, the session is rolled back and
     TransactionReplayRequired raised (nothing of it was committed); a COMMIT cut off raises
     CommitOutcomeUnknown (``db.run_transaction`` resolves that case itself). A writer failure
-    also makes the Database find the new writer before the error reaches the caller.
+    also makes the Database find the new writer before the error reaches the caller. An ORM
+    flush that opens a write transaction first takes its writer connection, retrying that on
+    the new writer, because SQLAlchemy discards the flush's pending changes when a flush
+    fails.
 
     ``own_commit``: the last commit this session made; every later read through it sees that
     commit, in whatever context it runs (a framework may reload a returned object elsewhere).
@@ -78,6 +86,9 @@ class RoutingSession(Session):
         # the writer this transaction uses: it stays there even if the Database learns of a
         # new writer meanwhile (a transaction cannot move; it fails and is replayed instead)
         self.transaction_writer: tuple[Engine, Instance] | None = None
+        # whether a statement has run on the writer in this transaction: until one has, a
+        # failure there leaves nothing to replay, and the statement runs on the new writer
+        self.writer_ran = False
         self._snapshot_bind: Engine | None = None
 
     # -- failures -------------------------------------------------------------------------
@@ -92,18 +103,54 @@ class RoutingSession(Session):
             return call(*args, **kwargs)
         for attempt in range(READ_RETRIES + 1):
             try:
-                return call(*args, **kwargs)
+                result = call(*args, **kwargs)
             except DBAPIError as error:
                 self._after_failure(error, retry=attempt < READ_RETRIES)
+                continue
+            if self.transaction_writer is not None:
+                self.writer_ran = True
+            return result
         raise AssertionError("unreachable")  # pragma: no cover
 
     def flush(self, objects: Any = None) -> None:
+        if self.transaction_writer is None and self.mode != "read_only" and \
+                self._flush_reaches_writer():
+            self._open_writer_connection()
         try:
             super().flush(objects)
         except DBAPIError as error:
             # a flush writes: its transaction is lost (SQLAlchemy has already rolled the
             # session back, so ``wrote`` no longer says so)
             self._after_failure(error, retry=False, writing=True)
+        if self.transaction_writer is not None:
+            self.writer_ran = True
+
+    def _flush_reaches_writer(self) -> bool:
+        """Whether the pending changes include some that go to Aurora's writer."""
+        states = itertools.chain(self._new, self._deleted, self.identity_map._modified)
+        return any(self.routes(state.mapper) for state in states)
+
+    def routes(self, mapper: Any) -> bool:
+        """Whether statements on ``mapper``'s table are routed (True here; a subclass whose
+        session also reaches other databases says which are not)."""
+        return True
+
+    def _open_writer_connection(self) -> None:
+        """Take the writer connection a flush will use, before the flush: a connection the
+        server closed is replaced (the pool's check), a writer that does not answer is looked
+        for again and this tried on the new one. Raises what the last try raised."""
+        for attempt in range(READ_RETRIES + 1):
+            try:
+                self.connection(bind_arguments={_OPEN_WRITER: True})
+                return
+            except DBAPIError as error:
+                kind = self.router.dialect.classify(error)
+                instance = self.transaction_writer[1] if self.transaction_writer else None
+                self.transaction_writer = None  # no connection was made: nothing to end
+                if not kind.instance_failed or instance is None or attempt == READ_RETRIES:
+                    raise
+                self.router.instance_failed(instance, kind)  # may raise NoWriterAvailable
+                self.router.stats.bump("retries")
 
     def commit(self) -> None:
         if self.wrote or self.has_pending_changes():
@@ -129,8 +176,10 @@ class RoutingSession(Session):
         instance = self.last_instance
         if not kind.instance_failed or instance is None:
             raise error
-        # a transaction that wrote, or one snapshot, cannot go on elsewhere: it is replayed
-        in_transaction = writing or self.wrote or self.snapshot
+        # a transaction that ran statements on the writer, or a snapshot, cannot go on
+        # elsewhere: it is replayed. One whose first statement failed has nothing to replay.
+        in_transaction = writing or self.snapshot or (
+            self.writer_ran and (self.wrote or self.transaction_writer is not None))
         self._clean()
         self.router.instance_failed(instance, kind)  # may raise NoWriterAvailable
         if in_transaction:
@@ -163,17 +212,20 @@ class RoutingSession(Session):
         connections are autocommit or read-only: ending them has nothing to commit)."""
         return self.transaction_writer is not None
 
-    def _writer(self) -> Engine:
+    def _writer(self, count: bool = True) -> Engine:
         if self.transaction_writer is None:
-            engine = self.router.writer_bind(self)
+            engine = self.router.writer_bind(self, count)
             assert self.last_instance is not None
             self.transaction_writer = (engine, self.last_instance)
             return engine
         engine, self.last_instance = self.transaction_writer
-        self.router.stats.bump("writes" if self.wrote else "reads_on_writer")
+        if count:
+            self.router.stats.bump("writes" if self.wrote else "reads_on_writer")
         return engine
 
     def get_bind(self, mapper: Any = None, *, clause: Any = None, **kw: Any) -> Engine:
+        if kw.get(_OPEN_WRITER):  # _open_writer_connection: no statement yet, nothing to count
+            return self._writer(count=False)
         # pinned at the call: session.execute(stmt, bind_arguments={"aurora_route": ...})
         pinned = kw.get(ROUTE_OPTION)
         if self.wrote:  # the transaction stays on its writer, whatever comes next
@@ -224,14 +276,17 @@ def _after_commit(session: Session) -> None:
     if isinstance(session, RoutingSession):
         if session.wrote:
             session.own_commit = session.router.committed() or session.own_commit
-        session.wrote = False
-        session.transaction_writer = None
-        session._snapshot_bind = None
+        _transaction_ended(session)
 
 
 @event.listens_for(RoutingSession, "after_rollback")
 def _after_rollback(session: Session) -> None:
     if isinstance(session, RoutingSession):
-        session.wrote = False
-        session.transaction_writer = None
-        session._snapshot_bind = None
+        _transaction_ended(session)
+
+
+def _transaction_ended(session: RoutingSession) -> None:
+    session.wrote = False
+    session.writer_ran = False
+    session.transaction_writer = None
+    session._snapshot_bind = None

@@ -29,7 +29,7 @@ from .failover import ErrorKind
 from .monitor import ClusterMonitor
 from .pools import InstancePools
 from .router import Router
-from .session import RoutingSession
+from .session import READ_RETRIES, RoutingSession
 from .settings import Settings
 from .stats import Stats
 from .topology import Instance
@@ -80,16 +80,20 @@ class TransactionRunner(Generic[S]):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _run_once(self, fn: Callable[[S], T]) -> T:
-        try:
-            self._ensure_commit_markers()
-        except DBAPIError as error:
-            writer, kind = self._router.current_topology().writer, self.dialect.classify(error)
-            if not kind.instance_failed:
-                raise
-            self._monitor.recover_writer(writer, kind)
-            raise TransactionReplayRequired(
-                f"the writer {writer.id} failed before the transaction began; run it again",
-                writer.id) from error
+        for attempt in range(READ_RETRIES + 1):
+            try:
+                self._ensure_commit_markers()
+                break
+            except DBAPIError as error:  # before the transaction: nothing to replay yet
+                writer = self._router.current_topology().writer
+                kind = self.dialect.classify(error)
+                if not kind.instance_failed:
+                    raise
+                self._monitor.recover_writer(writer, kind)
+                if attempt == READ_RETRIES:
+                    raise TransactionReplayRequired(
+                        f"the writer {writer.id} failed before the transaction began; run it "
+                        "again", writer.id) from error
         session = self._sessions(mode="writer")
         assert isinstance(session, RoutingSession)
         committing: tuple[Instance, str, T] | None = None  # writer, marker, fn's result
@@ -179,21 +183,27 @@ class TransactionRunner(Generic[S]):
         self.markers_ready = True
 
     def resolve_commit_outcome(self, marker: str, timeout: float | None = None) -> Outcome:
-        """Whether the transaction that wrote ``marker`` committed, as the current writer
-        (which has every acknowledged commit) sees it."""
+        """Whether the transaction that wrote ``marker`` committed, as the writer (which has
+        every acknowledged commit) sees it: an instance that answers but no longer takes
+        writes (a demoted writer, reached through an old connection) is not asked, its copy
+        may lag, and the writer is looked for instead."""
         deadline = time.monotonic() + (self.settings.failover_timeout if timeout is None
                                        else timeout)
         while True:
             writer = self._router.current_topology().writer
             try:
                 with self._pools.probe_engine(writer.host, writer.port).connect() as conn:
-                    found = conn.exec_driver_sql(self.dialect.commit_marker_check_sql,
-                                                 {"id": marker}).scalar()
-                return "committed" if found else "aborted"
+                    takes_writes, found = conn.exec_driver_sql(
+                        self.dialect.commit_marker_check_sql, {"id": marker}).one()
+                if takes_writes:
+                    return "committed" if found else "aborted"
+                kind = ErrorKind.READ_ONLY
             except DBAPIError as error:
                 kind = self.dialect.classify(error)
-                if not kind.instance_failed or time.monotonic() >= deadline:
+                if not kind.instance_failed:
                     return "unknown"
-                with contextlib.suppress(Exception):
-                    self._monitor.recover_writer(writer, kind)
-                time.sleep(0.05)
+            if time.monotonic() >= deadline:
+                return "unknown"
+            with contextlib.suppress(Exception):
+                self._monitor.recover_writer(writer, kind)
+            time.sleep(0.05)

@@ -29,6 +29,7 @@ class EngineDialect(Protocol):
     is_writer_sql: str
     snapshot_options: Mapping[str, Any]
     commit_marker_ddl: str
+    #: (takes writes, marker found) for a marker ``%(id)s``
     commit_marker_check_sql: str
     commit_marker_cleanup_sql: str
 
@@ -36,11 +37,18 @@ class EngineDialect(Protocol):
 
     def abort_connection(self, dbapi_connection: Any) -> None: ...
 
+    def idle_connection_lost(self, dbapi_connection: Any) -> bool:
+        """Whether an idle connection (between transactions) is known dead without a round
+        trip: its server closed it or said goodbye (a crash, a shutdown, a failover)."""
+
     def commit_with_marker_statements(self, marker: str) -> list[str]:
         """The marker's INSERT, with the COMMIT where both go in one round trip (else the
         session's commit sends it)."""
 
     def is_auth_failure(self, error: BaseException) -> bool: ...
+
+    def lost_connection_error(self, message: str) -> Exception:
+        """A driver error that ``classify`` takes for a lost connection."""
 
     def prepare_engine(self, engine: Engine) -> None: ...
 

@@ -17,6 +17,7 @@ MySQL 8 have no ``@@gtid_binlog_pos``: read-your-writes then goes by reported re
 from __future__ import annotations
 
 import os
+import select
 import socket
 import ssl
 import threading
@@ -82,8 +83,11 @@ class MySqlDialect:
         "(id varchar(64) NOT NULL PRIMARY KEY, "
         "created_at timestamp(6) NOT NULL DEFAULT current_timestamp(6)) ENGINE=InnoDB"
     )
+    # (whether this instance takes writes, whether the marker is there): only the writer's
+    # answer counts, a reader's copy may lag behind an acknowledged commit
     commit_marker_check_sql = (
-        "SELECT EXISTS (SELECT 1 FROM aurora_access_commit_markers WHERE id = %(id)s)"
+        "SELECT NOT (@@read_only OR @@innodb_read_only), "
+        "EXISTS (SELECT 1 FROM aurora_access_commit_markers WHERE id = %(id)s)"
     )
     commit_marker_cleanup_sql = (
         "DELETE FROM aurora_access_commit_markers WHERE created_at < now(6) - INTERVAL 1 DAY"
@@ -110,6 +114,9 @@ class MySqlDialect:
         return isinstance(error, pymysql.err.OperationalError) and bool(error.args) and \
             error.args[0] == _ACCESS_DENIED
 
+    def lost_connection_error(self, message: str) -> Exception:
+        return pymysql.err.OperationalError(2013, message)
+
     def commit_with_marker_statements(self, marker: str) -> list[str]:
         """Insert the marker; the COMMIT follows as the driver's own (PyMySQL's ``commit()``
         always sends one, so a COMMIT here would make it two). That is one round trip more than
@@ -128,6 +135,13 @@ class MySqlDialect:
             return
         with socket.socket(fileno=os.dup(sock.fileno())) as dup:
             dup.shutdown(socket.SHUT_RDWR)
+
+    def idle_connection_lost(self, dbapi_connection: Any) -> bool:
+        """A MySQL server sends nothing unasked to an idle connection but its goodbye (an
+        error packet before it closes, or the end of the stream): anything to read means
+        the connection is lost."""
+        sock = getattr(dbapi_connection, "_sock", None)
+        return sock is None or bool(select.select([sock], [], [], 0)[0])
 
     def prepare_engine(self, engine: Engine) -> None:
         """SQLAlchemy ends every use of a connection with the DBAPI's ``rollback()``, also in

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -51,8 +52,11 @@ class PostgresDialect:
         "CREATE TABLE IF NOT EXISTS aurora_access_commit_markers "
         "(id text PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now())"
     )
+    # (whether this instance takes writes, whether the marker is there): only the writer's
+    # answer counts, a reader's copy may lag behind an acknowledged commit
     commit_marker_check_sql = (
-        "SELECT EXISTS (SELECT 1 FROM aurora_access_commit_markers WHERE id = %(id)s)"
+        "SELECT NOT pg_is_in_recovery(), "
+        "EXISTS (SELECT 1 FROM aurora_access_commit_markers WHERE id = %(id)s)"
     )
     commit_marker_cleanup_sql = (
         "DELETE FROM aurora_access_commit_markers WHERE created_at < now() - interval '1 day'"
@@ -80,6 +84,9 @@ class PostgresDialect:
         return isinstance(error, psycopg.OperationalError) and \
             "authentication failed" in str(error)
 
+    def lost_connection_error(self, message: str) -> Exception:
+        return psycopg.OperationalError(message)
+
     def commit_with_marker_statements(self, marker: str) -> list[str]:
         """Insert the marker and commit, in one round trip (no parameters: psycopg then sends
         it as a simple query, which may hold several statements). ``marker`` is our own hex."""
@@ -94,6 +101,24 @@ class PostgresDialect:
         fd = dbapi_connection.pgconn.socket
         with socket.socket(fileno=os.dup(fd)) as sock:
             sock.shutdown(socket.SHUT_RDWR)
+
+    def idle_connection_lost(self, dbapi_connection: Any) -> bool:
+        """An idle connection whose socket has something to read got either a notification
+        (NOTIFY, a parameter change: read it, the connection stays good) or its server's
+        goodbye (a FATAL message, the end of the stream): libpq says which once it reads it."""
+        pgconn = dbapi_connection.pgconn
+        if pgconn.status != psycopg.pq.ConnStatus.OK:
+            return True
+        for _ in range(4):  # a goodbye is a FATAL message, then the end of the stream
+            if not select.select([pgconn.socket], [], [], 0)[0]:
+                return False
+            try:
+                pgconn.consume_input()
+            except psycopg.OperationalError:
+                return True
+            if pgconn.status != psycopg.pq.ConnStatus.OK:
+                return True
+        return False
 
     def prepare_engine(self, engine: Engine) -> None:
         """Nothing to do: psycopg's rollback in autocommit sends nothing."""
