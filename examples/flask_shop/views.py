@@ -201,6 +201,13 @@ def stats() -> Any:
     return {"pid": os.getpid(), **aurora.database(current_app).stats()}
 
 
+@bp.after_app_request
+def served_by(response: Response) -> Response:
+    """Which worker process answered (several serve one port under gunicorn)."""
+    response.headers["X-Served-By"] = str(os.getpid())
+    return response
+
+
 # -- errors and input -------------------------------------------------------------------------
 
 @bp.app_errorhandler(shop.ShopError)

@@ -14,11 +14,13 @@ that caller and the next use tries again. The parts:
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from typing import Generic, Literal, TypeVar, cast
+from typing import Any, Generic, Literal, TypeVar, cast
 
 from sqlalchemy import URL, Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -45,6 +47,16 @@ T = TypeVar("T")
 SessionT = DefaultTypeVar("SessionT", bound=Session, default=RoutingSession)
 
 _WAIT_READY_POLL_S = 0.5
+# every Database not closed, for the fork hook (weakly: a Database dropped is no concern)
+_LIVE: weakref.WeakSet[Database[Any]] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for database in list(_LIVE):
+        database._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class StartOnce:
@@ -77,6 +89,20 @@ class Database(Generic[SessionT]):
 
     def __init__(self, settings: Settings, session_class: type[SessionT] | None = None) -> None:
         self.settings = settings
+        self._build()
+        #: the routing Session class of this Database, for frameworks that take a class
+        self.session_class: type[SessionT] = cast(
+            "type[SessionT]", routing_session_class(session_class, self._router))
+        #: a ``sessionmaker`` of ``session_class``, for existing code
+        self.sessionmaker: sessionmaker[SessionT] = sessionmaker(class_=self.session_class)
+        self._transactions = self._build_transactions()
+        self._inherited: list[object] = []  # a forked child's parts of its parent (below)
+        _LIVE.add(self)
+
+    def _build(self) -> None:
+        """The parts that hold connections, threads, locks and marks; made anew in a child
+        process after a fork."""
+        settings = self.settings
         self.dialect = for_engine(settings.engine)
         self._stats = Stats()
         self.credentials = credentials_for(
@@ -86,17 +112,28 @@ class Database(Generic[SessionT]):
         self._monitor = ClusterMonitor(settings, self.dialect, self._pools, self._router,
                                        self._stats)
         self._pools.on_commit = self._router.committed  # Core, create_all, Alembic
-        #: the routing Session class of this Database, for frameworks that take a class
-        self.session_class: type[SessionT] = cast(
-            "type[SessionT]", routing_session_class(session_class, self._router))
-        #: a ``sessionmaker`` of ``session_class``, for existing code
-        self.sessionmaker: sessionmaker[SessionT] = sessionmaker(class_=self.session_class)
-        self._transactions: TransactionRunner[SessionT] = TransactionRunner(
-            settings, self.dialect, self._pools, self._router, self._monitor, self._stats,
-            self.sessionmaker)
-        self._monitor.markers_ready = lambda: self._transactions.markers_ready
         self._started = StartOnce(self._start)
         self._router.start = self._started
+
+    def _build_transactions(self) -> TransactionRunner[SessionT]:
+        runner: TransactionRunner[SessionT] = TransactionRunner(
+            self.settings, self.dialect, self._pools, self._router, self._monitor, self._stats,
+            self.sessionmaker)
+        self._monitor.markers_ready = lambda: runner.markers_ready
+        return runner
+
+    def _after_fork_in_child(self) -> None:
+        """A child process (gunicorn --preload, multiprocessing's fork, Celery's prefork) got
+        a copy of this Database: its sockets are the parent's, its threads did not survive
+        the fork, its locks may be held for good, its commit marks are the parent's. The
+        child gets parts of its own: fresh pools (the parent's are kept, never closed here, so
+        that no goodbye reaches the parent's sessions), monitor and watchdog threads started
+        on first use, no commit mark. The session class and sessionmaker stay the same
+        objects (frameworks hold them), routed by the new parts."""
+        self._inherited.append((self._pools, self._monitor, self._router, self._transactions))
+        self._build()
+        self.session_class.aurora_router = self._router  # type: ignore[attr-defined]
+        self._transactions = self._build_transactions()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, prefix: str = "AURORA_", *,
@@ -281,6 +318,7 @@ class Database(Generic[SessionT]):
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the monitor thread and close every pool. The process can then exit."""
+        _LIVE.discard(self)
         self._monitor.close(timeout)
         self._pools.dispose()
 

@@ -170,6 +170,17 @@ class _WriterConnections:
 
     def attach(self, engine: Engine) -> None:
         database = self._database
+        inherited: list[object] = []
+
+        def after_fork_in_child() -> None:
+            # the child must not use, nor close, the parent's connections (kept, not
+            # collected: no goodbye reaches the parent's sessions)
+            inherited.append(engine.pool)
+            engine.dispose(close=False)
+            self._hosts.clear()
+            self._lock = threading.Lock()
+
+        os.register_at_fork(after_in_child=after_fork_in_child)
 
         @event.listens_for(engine, "commit")
         def _committed(connection: Any) -> None:

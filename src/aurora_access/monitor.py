@@ -263,15 +263,25 @@ class ClusterMonitor:
     # -- positions ----------------------------------------------------------------------
 
     def writer_position(self) -> int | None:
-        """The writer's log position now; None if it does not answer (the heartbeat and the
-        sessions deal with a failing writer)."""
-        try:
+        """The writer's log position now; None if no writer tells it. A writer that fails to
+        answer is looked for again and the new one asked: a commit acknowledged by the old
+        writer is on the new one (replicated before it was acknowledged), whose position
+        covers it; a commit's token must not be lost with the writer that made it."""
+        for attempt in range(2):
             writer = self._router.current_topology().writer
-            return self.dialect.parse_position(
-                self.query(writer.host, self.dialect.writer_position_sql)[0][0])
-        except DBAPIError as exc:
-            log.warning("could not read the writer's position: %s", type(exc).__name__)
-            return None
+            try:
+                return self.dialect.parse_position(
+                    self.query(writer.host, self.dialect.writer_position_sql)[0][0])
+            except DBAPIError as exc:
+                kind = self.dialect.classify(exc)
+                if attempt == 0 and kind.instance_failed:
+                    try:
+                        self.recover_writer(writer, kind)
+                    except NoWriterAvailable:
+                        return None
+                    continue
+                log.warning("could not read the writer's position: %s", type(exc).__name__)
+        return None
 
     def replica_position(self, reader: Instance) -> int | None:
         """How far ``reader`` has replayed; raises if it does not answer in time."""
