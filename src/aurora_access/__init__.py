@@ -10,6 +10,7 @@ from .errors import (
     InvalidCommitToken,
     LocalClusterError,
     NoWriterAvailable,
+    PoolExhausted,
     ReadOnlySessionError,
     TransactionReplayRequired,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "InvalidCommitToken",
     "LocalClusterError",
     "NoWriterAvailable",
+    "PoolExhausted",
     "ReadOnlySessionError",
     "RoutingSession",
     "Settings",

@@ -137,10 +137,39 @@ class WriterPositions:
 
 
 class ReplicaPositions:
-    """The newest replay position known for each reader (monotonic per timeline)."""
+    """The newest replay position known for each reader (monotonic per timeline), and the
+    questions asked for it: one at a time per reader, shared by every read waiting for it (200
+    waiting reads ask a reader once, not 200 times)."""
 
     def __init__(self) -> None:
         self._known: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._asking: dict[str, _Question] = {}
+
+    def observe(self, instance_id: str, ask: Callable[[], int | None]) -> int | None:
+        """The reader's replay position, asked now (``ask``), or the answer to the question
+        already under way; raises what asking raised."""
+        with self._lock:
+            question = self._asking.get(instance_id)
+            mine = question is None
+            if question is None:
+                question = self._asking[instance_id] = _Question()
+        if not mine:
+            question.answered.wait()
+            if question.error is not None:
+                raise question.error
+            return question.position
+        try:
+            question.position = ask()
+            self.update(instance_id, question.position)
+        except BaseException as error:
+            question.error = error
+            raise
+        finally:
+            with self._lock:
+                del self._asking[instance_id]
+            question.answered.set()
+        return question.position
 
     def update(self, instance_id: str, position: int | None) -> None:
         if position is not None and position > self._known.get(instance_id, -1):
@@ -151,6 +180,15 @@ class ReplicaPositions:
 
     def reset(self) -> None:
         self._known.clear()
+
+
+class _Question:
+    """A replay position asked of one reader, awaited by those who would have asked too."""
+
+    def __init__(self) -> None:
+        self.answered = threading.Event()
+        self.position: int | None = None
+        self.error: BaseException | None = None
 
 
 class UnitOfWork:

@@ -5,7 +5,8 @@
     AuroraAccessError
      +- ConfigError                    bad or missing configuration
      +- ReadOnlySessionError           a write in db.read_only()
- +- InvalidCommitToken             session(after=...) got a token that is not ours (a ValueError)
+     +- InvalidCommitToken             session(after=...) got a token that is not ours (a ValueError)
+     +- PoolExhausted                  no pooled connection to an instance in time (a TimeoutError)
      +- FailoverError
      |   +- TransactionReplayRequired  a failover rolled the transaction back; run it again
      |   +- CommitOutcomeUnknown       a commit was in flight during a failover; outcome unknown
@@ -41,6 +42,17 @@ class ReadOnlySessionError(AuroraAccessError):
 class InvalidCommitToken(AuroraAccessError, ValueError):
     """``session(after=token)`` was given something that is not a commit token of this
     engine (a web service answers it with 400: it came from the client)."""
+
+
+class PoolExhausted(AuroraAccessError, TimeoutError):
+    """No connection to an instance within AURORA_POOL_TIMEOUT: every connection its pool
+    allows (AURORA_POOL_SIZE + AURORA_MAX_OVERFLOW) is in use in this process. ``instance``
+    and ``role`` say which pool."""
+
+    def __init__(self, message: str, instance: str | None, role: str | None) -> None:
+        self.instance = instance
+        self.role = role
+        super().__init__(message)
 
 
 class FailoverError(AuroraAccessError):

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import URL, Engine, create_engine, event, exc
 
@@ -33,6 +33,12 @@ from .settings import Settings
 from .topology import Instance
 
 log = logging.getLogger("aurora_access")
+
+Kind = Literal["transactions", "autocommit", "probes"]
+#: the library's own pool per host: the monitor, one read-your-writes position query at a time
+#: per host (concurrent waiters share it), writer discovery, commit markers
+PROBE_POOL_SIZE = 1
+PROBE_MAX_OVERFLOW = 4
 
 
 def _apply(login: tuple[str | None, str | None], cparams: dict[str, Any]) -> None:
@@ -46,7 +52,13 @@ def _apply(login: tuple[str | None, str | None], cparams: dict[str, Any]) -> Non
 
 
 class InstancePools:
-    """Engines keyed by (host, port, autocommit), made on first use.
+    """Engines keyed by (host, port, kind), made on first use: ``transactions`` (the writer's
+    sessions), ``autocommit`` (reads, on readers and on the writer) and ``probes`` (the
+    library's own one-statement queries: the monitor, read-your-writes positions, writer
+    discovery, commit markers). The probes have a small pool of their own, so that they never
+    wait behind the application's sessions for a connection (a read waiting for a reader to
+    replay a commit must be able to ask the reader while every application connection is
+    taken).
 
     The writer's engine runs transactions; readers' engines, and the small probes the
     topology monitor sends to any host, run in autocommit. ``on_disconnect(host)`` is called
@@ -64,7 +76,7 @@ class InstancePools:
         #: called when a transaction commits on a ``tracked_engine``
         self.on_commit: Callable[[], object] | None = None
         self._lock = threading.Lock()
-        self._engines: dict[tuple[str, int, bool], Engine] = {}
+        self._engines: dict[tuple[str, int, Kind], Engine] = {}
         self._snapshot: dict[tuple[str, int], Engine] = {}
         self._tracked: dict[tuple[str, int], Engine] = {}
         # hosts that accepted a login: a refusal there later is the instance changing
@@ -81,21 +93,26 @@ class InstancePools:
 
     def engine(self, instance: Instance) -> Engine:
         """The writer's transactional engine, or a reader's autocommit engine."""
-        return self._engine(instance.host, instance.port, instance.role == "reader")
+        return self._engine(instance.host, instance.port,
+                            "autocommit" if instance.role == "reader" else "transactions")
+
+    def autocommit_engine(self, host: str, port: int) -> Engine:
+        """The application's autocommit engine on any host (reads on the writer)."""
+        return self._engine(host, port, "autocommit")
 
     def probe_engine(self, host: str, port: int) -> Engine:
-        """An autocommit engine on any host, for one-statement probes."""
-        return self._engine(host, port, True)
+        """The library's own autocommit engine on a host, for one-statement probes."""
+        return self._engine(host, port, "probes")
 
-    def _engine(self, host: str, port: int, autocommit: bool) -> Engine:
-        key = (host, port, autocommit)
+    def _engine(self, host: str, port: int, kind: Kind) -> Engine:
+        key = (host, port, kind)
         engine = self._engines.get(key)
         if engine is not None:
             return engine
         with self._lock:
             engine = self._engines.get(key)
             if engine is None:
-                engine = self._make(host, port, autocommit)
+                engine = self._make(host, port, kind)
                 self._engines[key] = engine
         return engine
 
@@ -132,12 +149,14 @@ class InstancePools:
             self._snapshot[key] = engine
         return engine
 
-    def _make(self, host: str, port: int, autocommit: bool) -> Engine:
+    def _make(self, host: str, port: int, kind: Kind) -> Engine:
         s = self._settings
+        autocommit = kind != "transactions"
+        probes = kind == "probes"
         options: dict[str, Any] = {
-            "pool_size": s.pool_size,
-            "max_overflow": s.max_overflow,
-            "pool_timeout": s.pool_timeout,
+            "pool_size": PROBE_POOL_SIZE if probes else s.pool_size,
+            "max_overflow": PROBE_MAX_OVERFLOW if probes else s.max_overflow,
+            "pool_timeout": s.connect_timeout if probes else s.pool_timeout,
             "pool_recycle": s.pool_recycle if s.pool_recycle > 0 else -1,
             "pool_pre_ping": False,  # broken connections are handled on the error path
             "connect_args": self._dialect.connect_args(s.sslmode, s.sslrootcert,
@@ -220,7 +239,7 @@ class InstancePools:
 
     def checked_out(self, instance: Instance) -> int:
         """Connections of this instance's pool now in use (for least_connections)."""
-        engine = self._engines.get((instance.host, instance.port, instance.role == "reader"))
+        engine = self._engines.get((instance.host, instance.port, "autocommit"))
         if engine is None:
             return 0
         checkedout = getattr(engine.pool, "checkedout", None)

@@ -92,7 +92,7 @@ class Router:
             if snapshot:
                 return self.pools.engine(writer)
             # a read, even on the writer, needs no transaction: autocommit, one round trip
-            return self.pools.probe_engine(writer.host, writer.port)
+            return self.pools.autocommit_engine(writer.host, writer.port)
         session.last_instance = reader
         self.stats.bump("reads_on_readers")
         return self.pools.snapshot_engine(reader) if snapshot else self.pools.engine(reader)
@@ -220,13 +220,13 @@ class Router:
 
     def _replica_reached(self, reader: Instance, needed: int) -> bool:
         try:
-            position = self.replica_position(reader)
+            position = self.replica_positions.observe(
+                reader.id, lambda: self.replica_position(reader))
         except Exception as exc:
             log.warning("reader %s did not answer its replay position: %s", reader.id,
                         type(exc).__name__)
             self.unhealthy = self.unhealthy | {reader.id}
             return False
-        self.replica_positions.update(reader.id, position)
         return position is not None and position >= needed
 
     def _pick(self, readers: list[Instance]) -> Instance:

@@ -20,10 +20,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import DBAPIError, SAWarning
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
 from .consistency import decode_token
-from .errors import CommitOutcomeUnknown, ReadOnlySessionError, TransactionReplayRequired
+from .errors import (
+    CommitOutcomeUnknown,
+    PoolExhausted,
+    ReadOnlySessionError,
+    TransactionReplayRequired,
+)
 from .routing import ROUTE_OPTION, Route, statement_route
 
 if TYPE_CHECKING:
@@ -107,6 +113,8 @@ class RoutingSession(Session):
             except DBAPIError as error:
                 self._after_failure(error, retry=attempt < READ_RETRIES)
                 continue
+            except PoolTimeoutError as error:
+                raise self._pool_exhausted() from error
             if self.transaction_writer is not None:
                 self.writer_ran = True
             return result
@@ -122,6 +130,8 @@ class RoutingSession(Session):
             # a flush writes: its transaction is lost (SQLAlchemy has already rolled the
             # session back, so ``wrote`` no longer says so)
             self._after_failure(error, retry=False, writing=True)
+        except PoolTimeoutError as error:
+            raise self._pool_exhausted() from error
         if self.transaction_writer is not None:
             self.writer_ran = True
 
@@ -143,6 +153,8 @@ class RoutingSession(Session):
             try:
                 self.connection(bind_arguments={_OPEN_WRITER: True})
                 return
+            except PoolTimeoutError as error:
+                raise self._pool_exhausted() from error
             except DBAPIError as error:
                 kind = self.router.dialect.classify(error)
                 instance = self.transaction_writer[1] if self.transaction_writer else None
@@ -169,6 +181,19 @@ class RoutingSession(Session):
                 f"the connection to the writer {instance.id} ({instance.host}) failed during "
                 f"COMMIT ({kind.value}): the transaction may or may not have committed. Use "
                 "db.run_transaction() to have such outcomes resolved", instance.id) from error
+
+    def _pool_exhausted(self) -> PoolExhausted:
+        """What SQLAlchemy's pool timeout means here: which instance's pool, and what to do."""
+        instance, s = self.last_instance, self.router.settings
+        where = "an instance" if instance is None else \
+            f"the {instance.role} {instance.id} ({instance.host}:{instance.port})"
+        return PoolExhausted(
+            f"no connection to {where} within AURORA_POOL_TIMEOUT={s.pool_timeout:g} s: the "
+            f"AURORA_POOL_SIZE={s.pool_size} + AURORA_MAX_OVERFLOW={s.max_overflow} "
+            "connections of its pool are all in use in this process; hold sessions for less "
+            "time, or make the pool larger within the instance's max_connections "
+            "(aurora-access check --workers N)", instance.id if instance else None,
+            instance.role if instance else None)
 
     def _after_failure(self, error: DBAPIError, retry: bool, writing: bool = False) -> None:
         """Return to retry the statement; otherwise raise what the caller should see."""
