@@ -85,7 +85,50 @@ def test_all_good_lists_the_writer_and_readers(
     assert line(out, "auth") == ("ok", f"password for user {engine_cluster.user!r}")
     assert line(out, "cluster endpoint")[0] == line(out, "reader endpoint")[0] == "ok"
     assert re.search(r"^  AURORA_PASSWORD +\*\*\*$", out, re.M)
-    assert out.endswith("result: ok (8 ok)\n")
+    assert out.endswith("result: ok (11 ok)\n")  # 8 checks and a budget per instance
+
+
+def test_the_connection_budget_for_several_workers(
+        engine_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Per process: the writer 2 x (5 + 10) + 2 x 5 = 40, a reader 5 + 10 + 5 = 20 (defaults);
+    against the instances' max_connections, read from them."""
+    limit = _max_connections(engine_cluster)
+    fits = max(1, limit // 40)  # as many workers as the writer's budget allows
+    code, out = run_check(monkeypatch, capsys, engine_cluster.env(), "--workers", str(fits))
+    writer = engine_cluster.writer
+    assert code == 0
+    assert line(out, f"budget {writer.id}") == (
+        "ok", f"writer: {fits} process(es) x 40 = {40 * fits} of {limit} accepted "
+        "(max_connections less reserved)")
+    too_many = fits + 1
+    code, out = run_check(monkeypatch, capsys, engine_cluster.env(), "--workers", str(too_many))
+    assert code == 0  # a warning, not a failure
+    status, detail = line(out, f"budget {writer.id}")
+    assert status == "warn" and f"{too_many} process(es) x 40 = {40 * too_many}" in detail
+    assert "lower AURORA_POOL_SIZE/AURORA_MAX_OVERFLOW or the workers" in detail
+    reader = engine_cluster.readers[0]
+    assert line(out, f"budget {reader.id}")[1].startswith(
+        f"reader: {too_many} process(es) x 20 = {20 * too_many} of {limit}")
+    code, out = run_check(monkeypatch, capsys, engine_cluster.env(), "--json", "--workers", "3")
+    budgets = [c for c in json.loads(out)["checks"] if c["name"].startswith("budget ")]
+    assert {(c["role"], c["per_process"], c["total"], c["accepted"]) for c in budgets} == {
+        ("writer", 40, 120, limit), ("reader", 20, 60, limit)}
+
+
+def _max_connections(cluster: LocalCluster) -> int:
+    """What an instance accepts from unprivileged clients, asked as the check does."""
+    from sqlalchemy import create_engine, text  # noqa: PLC0415
+
+    sql = {"postgresql": "SELECT current_setting('max_connections')::int - "
+                         "current_setting('superuser_reserved_connections')::int",
+           "mysql": "SELECT @@max_connections"}[cluster.engine]
+    engine = create_engine(cluster.admin_url(cluster.writer.id))
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text(sql)).scalar_one())
+    finally:
+        engine.dispose()
 
 
 def test_json_report(aurora_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch,
@@ -206,7 +249,8 @@ def test_crashed_reader_fails_alone(monkeypatch: pytest.MonkeyPatch,
     status, detail = line(out, f"instance {crashed.id}")
     assert status == "FAIL" and "unreachable (connection lost)" in detail
     assert {line(out, f"instance {i.id}")[0] for i in alive} == {"ok"}
-    assert out.endswith(f"result: FAIL (7 ok, 1 FAIL): instance {crashed.id}\n")
+    # budgets too: the crashed one's limit unknown
+    assert out.endswith(f"result: FAIL (10 ok, 1 FAIL): instance {crashed.id}\n")
 
 
 def test_refused_iam_login_prints_no_token(aurora_cluster: LocalCluster,

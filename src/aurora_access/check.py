@@ -11,6 +11,8 @@ request, one check per step, so that what is wrong shows up where it is:
 - ``instance <id>``: a fresh connection to each instance through the library's pools (its
   login, TLS and timeouts): connect time, server version, TLS in use, and whether it takes
   writes as its role says;
+- ``budget <id>``: the most connections the configuration may open to each instance, for
+  ``--workers`` processes, against its ``max_connections`` (``budget.py``);
 - ``auth``: password, IAM tokens (region, tokens generated, TLS) or Secrets Manager.
 
 Each check is ``ok``, ``warn`` (works, but look: a reader beyond the lag limit, IAM tokens in
@@ -38,6 +40,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 
 from .auth import Credentials
+from .budget import budget
 from .database import Database
 from .errors import AuroraAccessError, ConfigError, FailoverError
 from .failover import Watchdog
@@ -142,8 +145,9 @@ class Report:
         return value
 
 
-def run_check(environ: Mapping[str, str] | None = None) -> Report:
-    """Check the configuration in ``environ`` (default ``os.environ``) against its cluster."""
+def run_check(environ: Mapping[str, str] | None = None, workers: int = 1) -> Report:
+    """Check the configuration in ``environ`` (default ``os.environ``) against its cluster;
+    ``workers``: the processes that will use it, for the connection budget."""
     report = Report()
     settings = _read_settings(report, environ)
     if settings is None:
@@ -151,7 +155,7 @@ def run_check(environ: Mapping[str, str] | None = None) -> Report:
     if not _resolve_endpoints(settings, report):
         report.add("skip", "topology", "the cluster endpoint does not resolve")
         return report
-    _check_cluster(settings, report)
+    _check_cluster(settings, report, workers)
     return report
 
 
@@ -216,7 +220,7 @@ def _resolve(report: Report, name: str, field: str, settings: Settings) -> bool:
 # -- the cluster through the library ---------------------------------------------------------
 
 
-def _check_cluster(settings: Settings, report: Report) -> None:
+def _check_cluster(settings: Settings, report: Report, workers: int = 1) -> None:
     """Log in and discover as an application would, then check every instance and the
     login mode. A failed start leaves the instances unknown: they are skipped."""
     began = time.perf_counter()
@@ -236,6 +240,7 @@ def _check_cluster(settings: Settings, report: Report) -> None:
             report.secrets |= witness.secrets
         for probe in probes:
             _report_instance(settings, probe, report)
+        _report_budget(settings, probes, workers, report)
         _report_auth(db, probes, witness, report)
     finally:
         db.close()
@@ -282,6 +287,7 @@ class _Probe:
     version: str | None = None
     tls: str | None = None
     takes_writes: bool | None = None
+    max_connections: int | None = None
     error: str | None = None
 
 
@@ -341,13 +347,15 @@ def _probe(db: Database, pools: InstancePools, watchdog: Watchdog,
             try:
                 version = conn.exec_driver_sql(_VERSION_SQL).scalar()
                 takes_writes = conn.exec_driver_sql(dialect.is_writer_sql).scalar()
+                accepted = conn.exec_driver_sql(dialect.max_connections_sql).scalar()
             finally:
                 watchdog.disarm(guard)
             tls = dialect.tls_in_use(dbapi_connection)
     except Exception as error:  # reported per instance; the others are still checked
         return _Probe(instance, _ms(began), error=_failure(db, error))
     connect_ms = _ms(began, connected[0] if connected else None)
-    return _Probe(instance, connect_ms, _short_version(str(version)), tls, bool(takes_writes))
+    return _Probe(instance, connect_ms, _short_version(str(version)), tls, bool(takes_writes),
+                  None if accepted is None else int(accepted))
 
 
 def _failure(db: Database, error: Exception) -> str:
@@ -407,6 +415,22 @@ def _instance_status(settings: Settings, probe: _Probe) -> tuple[Status, list[st
         return "warn", [f"lags beyond {env_variable('max_replica_lag_ms')}={limit:g}: "
                         "it gets no reads"]
     return "ok", []
+
+
+def _report_budget(settings: Settings, probes: list[_Probe], workers: int,
+                   report: Report) -> None:
+    """The connection budget of ``workers`` processes against each instance's limit: warn
+    where it can be exceeded (see ``budget.py``)."""
+    for probe in probes:
+        instance = probe.instance
+        plan = budget(settings, instance.role, workers, probe.max_connections)
+        status: Status = "warn" if plan.exceeded else "ok"
+        advice = (f": lower {env_variable('pool_size')}/{env_variable('max_overflow')} "
+                  "or the workers, or use a larger instance class") if plan.exceeded else ""
+        report.add(status, f"budget {instance.id}", f"{instance.role}: {plan.text()}{advice}",
+                   None, {"instance": instance.id, "role": instance.role, "workers": workers,
+                          "per_process": plan.each, "total": plan.total,
+                          "accepted": plan.accepted})
 
 
 def _auth_mode(settings: Settings, user: str | None) -> str:

@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="check the AURORA_* configuration: DNS, login, "
                                 "topology, every instance, TLS and auth mode")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="processes that will use this configuration (gunicorn --workers): "
+                       "the connection budget is checked for them (default 1)")
     local = commands.add_parser("local", help="a local Aurora-like cluster for development")
     actions = local.add_subparsers(dest="action", required=True)
     dir_help = "state and data directory (default: $AURORA_LOCAL_DIR or %(default)s)"
@@ -123,7 +126,9 @@ def _demo(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     """The report on stdout (JSON with ``--json``, so stdout stays parseable); a failure also
     gets its one line on stderr."""
-    report = run_check()
+    if args.workers < 1:
+        raise AuroraAccessError(f"--workers must be at least 1, not {args.workers}")
+    report = run_check(workers=args.workers)
     print(report.as_json() if args.json else report.text())
     if report.exit_code:
         failed = ", ".join(check.name for check in report.failures)

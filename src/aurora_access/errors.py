@@ -5,8 +5,8 @@
     AuroraAccessError
      +- ConfigError                    bad or missing configuration
      +- ReadOnlySessionError           a write in db.read_only()
-     +- InvalidCommitToken             session(after=...) got a token that is not ours (a ValueError)
-     +- PoolExhausted                  no pooled connection to an instance in time (a TimeoutError)
+     +- InvalidCommitToken             a commit token that is not ours (a ValueError)
+     +- PoolExhausted                  no pooled connection in time (a TimeoutError)
      +- FailoverError
      |   +- TransactionReplayRequired  a failover rolled the transaction back; run it again
      |   +- CommitOutcomeUnknown       a commit was in flight during a failover; outcome unknown

@@ -27,6 +27,7 @@ class EngineDialect(Protocol):
     writer_position_sql: str
     replica_position_sql: str
     is_writer_sql: str
+    max_connections_sql: str
     snapshot_options: Mapping[str, Any]
     commit_marker_ddl: str
     #: (takes writes, marker found) for a marker ``%(id)s``

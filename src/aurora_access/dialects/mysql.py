@@ -74,6 +74,8 @@ class MySqlDialect:
     # Aurora MySQL readers run with innodb_read_only; MariaDB/MySQL replicas with read_only
     is_reader_sql = "SELECT @@read_only OR @@innodb_read_only"
     is_writer_sql = "SELECT NOT (@@read_only OR @@innodb_read_only)"
+    # how many connections clients may open (one more is kept for a SUPER/CONNECTION ADMIN)
+    max_connections_sql = "SELECT @@max_connections"
     writer_position_sql = "SELECT @@gtid_binlog_pos"
     replica_position_sql = "SELECT @@gtid_slave_pos"
     snapshot_options: Mapping[str, Any] = MappingProxyType({"isolation_level": "REPEATABLE READ"})

@@ -40,6 +40,9 @@ class PostgresDialect:
     # NULL on a writer; on a reader, what it has replayed and so what a new snapshot sees.
     replica_position_sql = "SELECT pg_last_wal_replay_lsn()"
 
+    # how many connections an unprivileged role may open (the connection budget)
+    max_connections_sql = ("SELECT current_setting('max_connections')::int "
+                           "- current_setting('superuser_reserved_connections')::int")
     # Whether an instance takes writes: asked of every instance after a writer failure.
     is_writer_sql = "SELECT NOT pg_is_in_recovery()"
     # one consistent snapshot for a read_only(snapshot=True) session
