@@ -4,6 +4,7 @@ from .consistency import UnitOfWork
 from .database import Database
 from .errors import (
     AuroraAccessError,
+    AuthenticationFailed,
     CommitOutcomeUnknown,
     ConfigError,
     FailoverError,
@@ -20,6 +21,7 @@ from .topology import Instance, Topology
 
 __all__ = [
     "AuroraAccessError",
+    "AuthenticationFailed",
     "CommitOutcomeUnknown",
     "ConfigError",
     "Database",

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .errors import AuroraAccessError
+from .errors import AuroraAccessError, AuthenticationFailed
 from .settings import Settings
 
 log = logging.getLogger("aurora_access")
@@ -192,3 +192,37 @@ def credentials_for(settings: Settings, on_token: Callable[[], None]) -> Credent
         return SecretCredentials(settings.secret_id, settings.secret_region,
                                  user=settings.user)
     return PasswordCredentials(settings.user, settings.password)
+
+
+def login_refused(settings: Settings, host: str, port: int, user: str | None,
+                  error: BaseException) -> AuthenticationFailed:
+    """What a refused login means, for the kind of credentials in use: one line naming the
+    user, the credentials' kind and what to check, then the server's own words (which name
+    the user, never the password)."""
+    user = user or settings.user
+    if settings.iam_auth:
+        how, check = "an IAM auth token", (
+            f"check AURORA_USER, AURORA_REGION ({settings.region}) and that the IAM policy "
+            "allows rds-db:connect for this user, who must have the rds_iam role (PostgreSQL) "
+            "or the AWSAuthenticationPlugin (MySQL)")
+    elif settings.secret_id:
+        how, check = f"the secret {settings.secret_id}", (
+            f"check that the secret (in {settings.secret_region}) holds this database's "
+            "username and password: a rotation may not have reached the database")
+    else:
+        how, check = "a password", "check AURORA_USER and AURORA_PASSWORD"
+    return AuthenticationFailed(
+        f"{host}:{port} refused the login of user {user!r} with {how}: {check} "
+        f"(server: {first_line(error)})", host)
+
+
+def first_line(error: BaseException) -> str:
+    """A driver error's first line (psycopg's messages run over several; PyMySQL's are a
+    (code, message) pair)."""
+    orig = getattr(error, "orig", None) or error
+    args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
+    if len(args) == 2 and isinstance(args[0], int):
+        text = f"{args[0]} {args[1]}"
+    else:
+        text = str(orig).strip()
+    return " ".join(text.splitlines()[0].split()) if text else type(orig).__name__

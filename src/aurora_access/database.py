@@ -162,7 +162,8 @@ class Database(Generic[SessionT]):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise NoWriterAvailable(
-                        f"no writer answered within {timeout:g} s; last error: {error}") from error
+                        f"no writer answered within {timeout:g} s (wait_ready); the last try: "
+                        f"{error}") from error
                 time.sleep(min(_WAIT_READY_POLL_S, left))
 
     # -- sessions -----------------------------------------------------------------------

@@ -7,6 +7,7 @@
      +- ReadOnlySessionError           a write in db.read_only()
      +- InvalidCommitToken             a commit token that is not ours (a ValueError)
      +- PoolExhausted                  no pooled connection in time (a TimeoutError)
+     +- AuthenticationFailed           an instance refused the login
      +- FailoverError
      |   +- TransactionReplayRequired  a failover rolled the transaction back; run it again
      |   +- CommitOutcomeUnknown       a commit was in flight during a failover; outcome unknown
@@ -52,6 +53,16 @@ class PoolExhausted(AuroraAccessError, TimeoutError):
     def __init__(self, message: str, instance: str | None, role: str | None) -> None:
         self.instance = instance
         self.role = role
+        super().__init__(message)
+
+
+class AuthenticationFailed(AuroraAccessError):
+    """An instance refused the login: the message names the user, the kind of credentials and
+    what to check for that kind, never a password, token or secret. ``instance`` is the host
+    that refused."""
+
+    def __init__(self, message: str, instance: str | None = None) -> None:
+        self.instance = instance
         super().__init__(message)
 
 

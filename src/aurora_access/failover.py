@@ -45,6 +45,28 @@ class ErrorKind(Enum):
         return self is not ErrorKind.OTHER
 
 
+_REFUSED = ("connection refused", "errno 111", "can't connect to")
+_TIMED_OUT = ("timeout", "timed out")
+_NO_NAME = ("could not translate host name", "name or service not known", "errno -2",
+            "errno -3", "nodename nor servname", "temporary failure in name resolution")
+
+
+def likely_cause(error: BaseException, connect_timeout: float) -> str:
+    """The one likely cause of a failure to reach an instance, said so that it can be acted
+    on (psycopg's and PyMySQL's messages, matched on what they say)."""
+    text = str(getattr(error, "orig", None) or error).lower()
+    if any(words in text for words in _NO_NAME):
+        return "the name does not resolve: check AURORA_CLUSTER_ENDPOINT"
+    if any(words in text for words in _TIMED_OUT):
+        return (f"no answer within AURORA_CONNECT_TIMEOUT={connect_timeout:g} s: check that "
+                "this network reaches it (security groups, VPC, a paused instance)")
+    if any(words in text for words in _REFUSED):
+        return "nothing accepts connections there: check AURORA_PORT and the endpoint"
+    if isinstance(error, LookupError):
+        return str(error)
+    return "it did not answer as a writer"
+
+
 class WriterDiscovery:
     """Finds the writer by probing every known instance in parallel, one search at a time.
 

@@ -19,10 +19,11 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
+from .auth import first_line, login_refused
 from .consistency import WriterPositions
 from .dialects import EngineDialect
-from .errors import AuroraAccessError, NoWriterAvailable
-from .failover import ErrorKind, Watchdog, WriterDiscovery
+from .errors import NoWriterAvailable
+from .failover import ErrorKind, Watchdog, WriterDiscovery, likely_cause
 from .pools import InstancePools
 from .router import Router
 from .settings import Settings
@@ -101,18 +102,15 @@ class ClusterMonitor:
                                 s.instance_host_pattern,
                                 [*self._instance_hosts(), s.cluster_endpoint])
         except Exception as exc:
-            if known is None and self.dialect.is_auth_failure(getattr(exc, "orig", exc)):
-                how = ("an IAM auth token" if s.iam_auth else
-                       f"secret {s.secret_id}" if s.secret_id else "a password")
-                raise AuroraAccessError(
-                    f"{s.cluster_endpoint}:{s.port} refused the login of user {s.user!r} with "
-                    f"{how}: check AURORA_USER, AURORA_REGION and the IAM policy, the "
-                    "password or the secret") from None
-            if known is None:
+            if known is None:  # the first discovery: say what was tried and why it failed
+                if self.dialect.is_auth_failure(getattr(exc, "orig", exc)):
+                    raise login_refused(s, s.cluster_endpoint, s.port, s.user, exc) from None
                 raise NoWriterAvailable(
-                    f"no instance of {s.cluster_endpoint}:{s.port} answered as the writer "
-                    f"({type(exc).__name__}: {exc})") from exc
-            log.warning("topology refresh failed, keeping the last one: %s", exc)
+                    f"no writer found through the cluster endpoint {s.cluster_endpoint}:"
+                    f"{s.port}: {likely_cause(exc, s.connect_timeout)} (driver: "
+                    f"{first_line(exc)})"
+                ) from exc
+            log.warning("topology refresh failed, keeping the last one: %s", first_line(exc))
             return known
         self._apply(known, topology)
         self._router.topology_at_ns = began

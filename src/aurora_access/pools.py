@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -39,6 +40,9 @@ Kind = Literal["transactions", "autocommit", "probes"]
 #: per host (concurrent waiters share it), writer discovery, commit markers
 PROBE_POOL_SIZE = 1
 PROBE_MAX_OVERFLOW = 4
+# how long after a host's connections were lost a refused login there is taken for the
+# instance having been rebuilt or replaced rather than for wrong credentials
+_CHANGE_WINDOW_S = 60.0
 
 
 def _apply(login: tuple[str | None, str | None], cparams: dict[str, Any]) -> None:
@@ -79,8 +83,10 @@ class InstancePools:
         self._engines: dict[tuple[str, int, Kind], Engine] = {}
         self._snapshot: dict[tuple[str, int], Engine] = {}
         self._tracked: dict[tuple[str, int], Engine] = {}
-        # hosts that accepted a login: a refusal there later is the instance changing
+        # hosts that accepted a login, and when a host's connections were last found lost:
+        # a refusal after both is the instance changing
         self._accepted: set[str] = set()
+        self._lost: dict[str, float] = {}
         # DBAPI connections in use, per host: what to cut when that host hangs
         self._in_use: dict[str, set[Any]] = {}
 
@@ -131,6 +137,12 @@ class InstancePools:
 
             self._tracked[key] = engine
         return engine
+
+    def _changed(self, host: str) -> bool:
+        """Whether ``host`` accepted a login before and lost its connections since, lately."""
+        lost = self._lost.get(host)
+        return host in self._accepted and lost is not None and \
+            time.monotonic() - lost < _CHANGE_WINDOW_S
 
     def connect_detached(self, instance: Instance) -> Any:
         """A DBAPI connection to ``instance`` (transactional), logged in as the pools' own
@@ -184,9 +196,10 @@ class InstancePools:
                     _apply(credentials.login(host, port), cparams)
                     connection = dialect.connect(*cargs, **cparams)
             except Exception as error:
-                if host in self._accepted and ours.is_auth_failure(error):
-                    # it took these credentials before: the instance was rebuilt or replaced
-                    # (a failover), which is the instance failing, not a wrong configuration
+                if self._changed(host) and ours.is_auth_failure(error):
+                    # it took these credentials before, then lost its connections: the
+                    # instance was rebuilt or replaced (a failover), which is the instance
+                    # failing, not a wrong configuration
                     raise ours.lost_connection_error(
                         f"{host}:{port} refused a login it accepted before (an instance "
                         "rebuilt or replaced)") from error
@@ -200,6 +213,7 @@ class InstancePools:
         @event.listens_for(engine.pool, "invalidate")
         def _dead_connection(dbapi_connection: Any, record: Any,
                              exception: BaseException | None) -> None:
+            self._lost[host] = time.monotonic()
             if self.on_disconnect is not None:
                 self.on_disconnect(host)
 

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, SAWarning
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
+from .auth import login_refused
 from .consistency import decode_token
 from .errors import (
     CommitOutcomeUnknown,
@@ -199,6 +200,9 @@ class RoutingSession(Session):
         """Return to retry the statement; otherwise raise what the caller should see."""
         kind = self.router.dialect.classify(error)
         instance = self.last_instance
+        if instance is not None and self.router.dialect.is_auth_failure(error.orig or error):
+            settings = self.router.settings
+            raise login_refused(settings, instance.host, instance.port, None, error) from None
         if not kind.instance_failed or instance is None:
             raise error
         # a transaction that ran statements on the writer, or a snapshot, cannot go on

@@ -547,6 +547,16 @@ class LocalCluster:
         log.info("%s", report)
         return report
 
+    def wait_replayed(self, timeout: float = 30.0) -> float:
+        """Wait until every running reader has applied all the writer has now (for tests
+        that wrote around the library and must read it anywhere); returns the seconds waited.
+        LocalClusterError if one has not within ``timeout``."""
+        began = time.monotonic()
+        with self._lock:
+            readers = [n.host for n in self.reader_nodes if n.state == "running"]
+            self._servers.wait_replayed(self._writer_node().host, readers, began + timeout)
+        return time.monotonic() - began
+
     def rejoin(self, instance_id: str) -> float:
         """Bring a crashed former writer back as a reader of the current writer (what
         ``failover(wait_for_old_writer=False)`` left undone)."""
