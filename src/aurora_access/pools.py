@@ -19,6 +19,8 @@ connections in use close when they are returned, so nothing in flight breaks.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -27,8 +29,10 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from sqlalchemy import URL, Engine, create_engine, event, exc
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .auth import Credentials
+from .blocking import Blocking
 from .dialects import EngineDialect
 from .settings import Settings
 from .topology import Instance
@@ -68,13 +72,25 @@ class InstancePools:
     topology monitor sends to any host, run in autocommit. ``on_disconnect(host)`` is called
     when a connection to a host turns out dead, so the router can stop sending reads there at
     once instead of at the next topology refresh.
+
+    ``asynchronous``: the application's engines (not the probes: the monitor is a thread)
+    are asyncio engines; what this class hands out of them is their sync facade
+    (``AsyncEngine.sync_engine``), which an AsyncSession's sync session binds to. Logins go
+    through ``blocking`` (signing an IAM token, reading a secret: in a thread, for them).
+    Disposing of an asyncio engine closes its connections on its event loop.
     """
 
     def __init__(self, settings: Settings, dialect: EngineDialect, credentials: Credentials,
-                 on_disconnect: Callable[[str], None] | None = None) -> None:
+                 on_disconnect: Callable[[str], None] | None = None, *,
+                 asynchronous: bool = False, blocking: Blocking | None = None) -> None:
         self._settings = settings
         self._dialect = dialect
         self._credentials = credentials
+        self._asynchronous = asynchronous
+        self._blocking = blocking or Blocking()
+        self._async: dict[Engine, AsyncEngine] = {}  # sync facade -> its AsyncEngine
+        self._loop: asyncio.AbstractEventLoop | None = None  # where the async engines live
+        self._disposing: set[concurrent.futures.Future[None]] = set()
         #: called with a host when one of its connections turns out dead
         self.on_disconnect = on_disconnect
         #: called when a transaction commits on a ``tracked_engine``
@@ -90,12 +106,17 @@ class InstancePools:
         # DBAPI connections in use, per host: what to cut when that host hangs
         self._in_use: dict[str, set[Any]] = {}
 
-    def url(self, host: str, port: int) -> URL:
+    def url(self, host: str, port: int, asynchronous: bool = False) -> URL:
         """The URL of ``host:port``, without a password: each new connection asks the
         credentials (``_login``)."""
         s = self._settings
-        return URL.create(self._dialect.drivername, username=s.user, host=host, port=port,
-                          database=s.database)
+        driver = self._dialect.async_drivername if asynchronous else self._dialect.drivername
+        return URL.create(driver, username=s.user, host=host, port=port, database=s.database)
+
+    def async_engine(self, engine: Engine) -> AsyncEngine:
+        """The AsyncEngine whose sync facade ``engine`` is (an option engine of one too)."""
+        found = self._async.get(engine)
+        return found if found is not None else AsyncEngine(engine)
 
     def engine(self, instance: Instance) -> Engine:
         """The writer's transactional engine, or a reader's autocommit engine."""
@@ -165,6 +186,7 @@ class InstancePools:
         s = self._settings
         autocommit = kind != "transactions"
         probes = kind == "probes"
+        asynchronous = self._asynchronous and not probes
         options: dict[str, Any] = {
             "pool_size": PROBE_POOL_SIZE if probes else s.pool_size,
             "max_overflow": PROBE_MAX_OVERFLOW if probes else s.max_overflow,
@@ -172,19 +194,28 @@ class InstancePools:
             "pool_recycle": s.pool_recycle if s.pool_recycle > 0 else -1,
             "pool_pre_ping": False,  # broken connections are handled on the error path
             "connect_args": self._dialect.connect_args(s.sslmode, s.sslrootcert,
-                                                       s.connect_timeout),
+                                                       s.connect_timeout, asynchronous),
         }
         if autocommit:
             options["isolation_level"] = "AUTOCOMMIT"
             # nothing to roll back on return in autocommit
             options["pool_reset_on_return"] = None
-        engine = create_engine(self.url(host, port), **options)
+        if asynchronous:
+            async_engine = create_async_engine(self.url(host, port, True), **options)
+            engine = async_engine.sync_engine
+            self._async[engine] = async_engine
+            with contextlib.suppress(RuntimeError):  # made outside the loop: learned later
+                self._loop = asyncio.get_running_loop()
+        else:
+            engine = create_engine(self.url(host, port), **options)
         self._dialect.prepare_engine(engine)
-        credentials, ours = self._credentials, self._dialect
+        credentials, ours, blocking = self._credentials, self._dialect, self._blocking
 
         @event.listens_for(engine, "do_connect")
         def _login(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
-            _apply(credentials.login(host, port), cparams)
+            # an IAM token's first signing makes a boto3 client, a secret is read over the
+            # network: through ``blocking``, which keeps an event loop free
+            _apply(blocking.run(credentials.login, host, port), cparams)
             try:
                 try:
                     connection = dialect.connect(*cargs, **cparams)
@@ -193,7 +224,7 @@ class InstancePools:
                         raise
                     log.info("login to %s:%s refused; trying once more with fresh "
                              "credentials", host, port)
-                    _apply(credentials.login(host, port), cparams)
+                    _apply(blocking.run(credentials.login, host, port), cparams)
                     connection = dialect.connect(*cargs, **cparams)
             except Exception as error:
                 if self._changed(host) and ours.is_auth_failure(error):
@@ -269,7 +300,7 @@ class InstancePools:
                     del cache[key]
             self._in_use.pop(host, None)
         for engine in engines:
-            engine.dispose()
+            self._dispose(engine)
 
     def retain(self, hosts: set[str]) -> None:
         """Dispose the engines of hosts no longer in the topology (nor endpoints)."""
@@ -277,10 +308,41 @@ class InstancePools:
             self.discard(host)
 
     def dispose(self) -> None:
+        """Close every pool (an asyncio engine's on its loop, when it runs elsewhere)."""
+        for engine in self._take_all():
+            self._dispose(engine)
+
+    async def dispose_async(self) -> None:
+        """Close every pool, from the event loop the asyncio engines live on."""
+        for engine in self._take_all():
+            async_engine = self._async.pop(engine, None)
+            if async_engine is not None:
+                await async_engine.dispose()
+            else:
+                engine.dispose()
+        if self._disposing:
+            await asyncio.gather(*(asyncio.wrap_future(f) for f in list(self._disposing)),
+                                 return_exceptions=True)
+
+    def _take_all(self) -> list[Engine]:
         with self._lock:
             engines = list(self._engines.values())
             self._engines.clear()
             self._snapshot.clear()
             self._tracked.clear()
-        for engine in engines:
+        return engines
+
+    def _dispose(self, engine: Engine) -> None:
+        """Dispose of ``engine``; an asyncio one's connections are closed on its loop (the
+        monitor thread, say, cannot close them itself), without waiting for that."""
+        async_engine = self._async.pop(engine, None)
+        if async_engine is None:
             engine.dispose()
+            return
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            engine.dispose(close=False)  # no loop to close them on: let them go
+            return
+        future = asyncio.run_coroutine_threadsafe(async_engine.dispose(), loop)
+        self._disposing.add(future)
+        future.add_done_callback(self._disposing.discard)

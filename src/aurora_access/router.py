@@ -12,7 +12,10 @@ served when no reader has them yet:
 
 Shared by every session of one Database; holds the cluster state the monitor keeps current
 (topology, unhealthy readers, positions). Free of I/O of its own: it asks the callables it is
-given (the writer's position, a reader's replay position, starting the Database).
+given (the writer's position, a reader's replay position, starting the Database), through
+``blocking``, which says how to wait: the sync Database calls them directly; the asyncio one
+runs them in a thread and sleeps with asyncio, from inside SQLAlchemy's greenlet, so that no
+wait of the router's blocks the event loop.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import Engine
 
+from .blocking import Blocking
 from .consistency import CommitMark, CommitTracker, ReplicaPositions, WriterPositions
 from .dialects import EngineDialect
 from .errors import NoWriterAvailable
@@ -38,6 +42,7 @@ if TYPE_CHECKING:
     from .session import RoutingSession
 
 log = logging.getLogger("aurora_access")
+T = TypeVar("T")
 
 _RYW_POLL_S = 0.002
 
@@ -65,6 +70,7 @@ class Router:
         # then goes by reported replica lag (see consistency.py)
         self.lag_mode = False
         self.request_refresh: Callable[[], None] = lambda: None
+        self.blocking = Blocking()
         # set by Database: connect and discover on first use (construction does no I/O)
         self.start: Callable[[], None] = lambda: None
         # set by Database: what to do when an instance fails under a session
@@ -96,6 +102,11 @@ class Router:
         session.last_instance = reader
         self.stats.bump("reads_on_readers")
         return self.pools.snapshot_engine(reader) if snapshot else self.pools.engine(reader)
+
+    def fail(self, instance: Instance, kind: ErrorKind) -> None:
+        """An instance failed under a session: the monitor deals with it (a writer is looked
+        for again: raises NoWriterAvailable if none is found in time)."""
+        self.blocking.run(self.instance_failed, instance, kind)
 
     def committed(self) -> CommitMark | None:
         """Record a commit that wrote; its mark, or None with read-your-writes off."""
@@ -156,7 +167,7 @@ class Router:
                     return reader
             if time.monotonic() >= deadline:
                 break
-            time.sleep(_RYW_POLL_S)
+            self.blocking.sleep(_RYW_POLL_S)
         self.stats.bump("ryw_fallbacks")
         log.debug("read-your-writes: no reader has replayed %s within %.0f ms; reading on "
                   "the writer", self.dialect.format_position(needed), self.settings.ryw_wait_ms)
@@ -180,7 +191,7 @@ class Router:
                 self.stats.bump("ryw_waits")
                 waited = True
                 self.request_refresh()
-            time.sleep(_RYW_POLL_S)
+            self.blocking.sleep(_RYW_POLL_S)
         self.stats.bump("ryw_fallbacks")
         return None
 
@@ -194,8 +205,9 @@ class Router:
             if mark.ignored:
                 continue
             if mark.position is None:
-                mark.position = self.writer_positions.position_after(
-                    mark.committed_ns, self.settings.connect_timeout)
+                mark.position = self.blocking.run(self.writer_positions.position_after,
+                                                  mark.committed_ns,
+                                                  self.settings.connect_timeout)
                 if mark.position is None:
                     return None
             needed = max(needed, mark.position)
@@ -208,8 +220,8 @@ class Router:
         assert mark.position is not None
         latest = self.writer_positions.latest()
         if latest is None or mark.position > latest:
-            latest = self.writer_positions.position_after(time.monotonic_ns(),
-                                                          self.settings.connect_timeout)
+            latest = self.blocking.run(self.writer_positions.position_after,
+                                       time.monotonic_ns(), self.settings.connect_timeout)
         mark.from_token = False  # checked, once
         if latest is not None and mark.position > latest:
             mark.ignored = True
@@ -220,8 +232,8 @@ class Router:
 
     def _replica_reached(self, reader: Instance, needed: int) -> bool:
         try:
-            position = self.replica_positions.observe(
-                reader.id, lambda: self.replica_position(reader))
+            position = self.blocking.run(self.replica_positions.observe, reader.id,
+                                         lambda: self.replica_position(reader))
         except Exception as exc:
             log.warning("reader %s did not answer its replay position: %s", reader.id,
                         type(exc).__name__)
@@ -250,7 +262,7 @@ class Router:
         call tries again."""
         topology = self.topology
         if topology is None:
-            self.start()
+            self.blocking.run(self.start)
             topology = self.topology
             if topology is None:
                 raise NoWriterAvailable("no writer is known for this cluster")

@@ -162,7 +162,7 @@ class RoutingSession(Session):
                 self.transaction_writer = None  # no connection was made: nothing to end
                 if not kind.instance_failed or instance is None or attempt == READ_RETRIES:
                     raise
-                self.router.instance_failed(instance, kind)  # may raise NoWriterAvailable
+                self.router.fail(instance, kind)  # may raise NoWriterAvailable
                 self.router.stats.bump("retries")
 
     def commit(self) -> None:
@@ -177,7 +177,7 @@ class RoutingSession(Session):
             if not kind.instance_failed or instance is None:
                 raise
             self._clean()
-            self.router.instance_failed(instance, kind)
+            self.router.fail(instance, kind)
             raise CommitOutcomeUnknown(
                 f"the connection to the writer {instance.id} ({instance.host}) failed during "
                 f"COMMIT ({kind.value}): the transaction may or may not have committed. Use "
@@ -210,7 +210,7 @@ class RoutingSession(Session):
         in_transaction = writing or self.snapshot or (
             self.writer_ran and (self.wrote or self.transaction_writer is not None))
         self._clean()
-        self.router.instance_failed(instance, kind)  # may raise NoWriterAvailable
+        self.router.fail(instance, kind)  # may raise NoWriterAvailable
         if in_transaction:
             raise TransactionReplayRequired(
                 f"instance {instance.id} ({instance.host}) failed during a transaction "
@@ -231,6 +231,11 @@ class RoutingSession(Session):
             self.rollback()
 
     # -- state ---------------------------------------------------------------------------
+
+    def needs_commit(self) -> bool:
+        """Whether ending the session's work must commit: it wrote, has changes to flush, or
+        holds a writer transaction (a session that only read on readers has nothing)."""
+        return self.wrote or self.has_pending_changes() or self.holds_writer_transaction()
 
     def has_pending_changes(self) -> bool:
         """``new or dirty or deleted``, without building those sets (a hot path)."""

@@ -18,10 +18,9 @@ import random
 import secrets
 import time
 from collections.abc import Callable
-from typing import Generic, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
 
 from .dialects import EngineDialect
 from .errors import CommitOutcomeUnknown, NoWriterAvailable, TransactionReplayRequired
@@ -36,7 +35,6 @@ from .topology import Instance
 
 log = logging.getLogger("aurora_access")
 T = TypeVar("T")
-S = TypeVar("S", bound=Session)
 
 Outcome = Literal["committed", "aborted", "unknown"]
 
@@ -46,22 +44,27 @@ class _RetryableError(Exception):
     error, raised as is once the attempts are spent)."""
 
 
-class TransactionRunner(Generic[S]):
-    """``run_transaction`` and commit-outcome resolution for one Database."""
+class TransactionRunner:
+    """``run_transaction`` and commit-outcome resolution for one Database.
+
+    Works on the routing (sync) session that ``new_session`` makes; ``fn`` receives it. The
+    asyncio Database runs this same code inside SQLAlchemy's greenlet, its ``fn`` awaiting the
+    application's async function, and its router's ``blocking`` keeping the event loop free
+    (this module's own waits and queries go through it)."""
 
     def __init__(self, settings: Settings, dialect: EngineDialect, pools: InstancePools,
                  router: Router, monitor: ClusterMonitor, stats: Stats,
-                 sessions: sessionmaker[S]) -> None:
+                 new_session: Callable[[], RoutingSession]) -> None:
         self.settings = settings
         self.dialect = dialect
         self._pools = pools
         self._router = router
         self._monitor = monitor
         self._stats = stats
-        self._sessions = sessions
+        self._new_session = new_session
         self.markers_ready = False
 
-    def run(self, fn: Callable[[S], T], max_attempts: int) -> T:
+    def run(self, fn: Callable[[RoutingSession], T], max_attempts: int) -> T:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
         for attempt in range(1, max_attempts + 1):
@@ -76,26 +79,25 @@ class TransactionRunner(Generic[S]):
                 delay = min(0.02 * 2 ** attempt, 1.0) * random.uniform(0.5, 1.5)  # noqa: S311
                 log.info("transaction attempt %d failed (%s); running it again in %.0f ms",
                          attempt, error, delay * 1000)
-                time.sleep(delay)
+                self._router.blocking.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _run_once(self, fn: Callable[[S], T]) -> T:
+    def _run_once(self, fn: Callable[[RoutingSession], T]) -> T:
         for attempt in range(READ_RETRIES + 1):
             try:
-                self._ensure_commit_markers()
+                self._router.blocking.run(self._ensure_commit_markers)
                 break
             except DBAPIError as error:  # before the transaction: nothing to replay yet
                 writer = self._router.current_topology().writer
                 kind = self.dialect.classify(error)
                 if not kind.instance_failed:
                     raise
-                self._monitor.recover_writer(writer, kind)
+                self._router.fail(writer, kind)
                 if attempt == READ_RETRIES:
                     raise TransactionReplayRequired(
                         f"the writer {writer.id} failed before the transaction began; run it "
                         "again", writer.id) from error
-        session = self._sessions(mode="writer")
-        assert isinstance(session, RoutingSession)
+        session = self._new_session()
         committing: tuple[Instance, str, T] | None = None  # writer, marker, fn's result
         try:
             try:
@@ -156,8 +158,8 @@ class TransactionRunner(Generic[S]):
         with contextlib.suppress(Exception):
             session.rollback()
         with contextlib.suppress(NoWriterAvailable):
-            self._monitor.recover_writer(writer, kind)
-        outcome = self.resolve_commit_outcome(marker)
+            self._router.fail(writer, kind)
+        outcome = self._router.blocking.run(self.resolve_commit_outcome, marker)
         log.warning("a COMMIT cut off on %s (%s) was %s", writer.id, kind.value, outcome)
         if outcome == "committed":
             # read-your-writes holds for it as for any commit, the session's own included

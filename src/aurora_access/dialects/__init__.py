@@ -20,6 +20,7 @@ from .postgresql import PostgresDialect
 class EngineDialect(Protocol):
     name: str
     drivername: str
+    async_drivername: str
     #: rows of (instance id, is writer, replica lag in ms) from Aurora's metadata; tried in
     #: order until one answers (the next where a table or function is missing)
     topology_queries: tuple[str, ...]
@@ -59,8 +60,8 @@ class EngineDialect(Protocol):
 
     def format_position(self, position: int) -> str: ...
 
-    def connect_args(self, sslmode: str, sslrootcert: str | None,
-                     connect_timeout: float) -> dict[str, Any]: ...
+    def connect_args(self, sslmode: str, sslrootcert: str | None, connect_timeout: float,
+                     asynchronous: bool = False) -> dict[str, Any]: ...
 
     def tls_in_use(self, dbapi_connection: Any) -> str | None:
         """The TLS protocol and cipher of a live connection (``"TLSv1.3

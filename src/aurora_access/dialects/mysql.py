@@ -16,6 +16,7 @@ MySQL 8 have no ``@@gtid_binlog_pos``: read-your-writes then goes by reported re
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import socket
@@ -25,6 +26,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+import aiomysql
 import pymysql
 from sqlalchemy import Engine
 
@@ -63,9 +65,29 @@ def _status_query(table: str) -> str:
             f"FROM {table} {_STATUS_WHERE}")
 
 
+def _driver(dbapi_connection: Any) -> Any:
+    """The driver's own connection (PyMySQL's, or aiomysql's under SQLAlchemy's adapter)."""
+    return getattr(dbapi_connection, "driver_connection", dbapi_connection)
+
+
+def _socket(dbapi_connection: Any) -> Any:
+    """A connection's socket: PyMySQL keeps it, aiomysql's stream transport has it."""
+    raw = _driver(dbapi_connection)
+    sock = getattr(raw, "_sock", None)
+    if sock is None and getattr(raw, "_writer", None) is not None:
+        sock = raw._writer.get_extra_info("socket")
+    return sock
+
+
 class MySqlDialect:
+    """PyMySQL, and for asyncio aiomysql: PyMySQL's own protocol code, errors and login
+    plugins (``mysql_clear_password`` for IAM) on asyncio streams, so that both are classified
+    and behave alike (asyncmy, measured about 15 % faster under 50 concurrent tasks in a raw
+    benchmark, reimplements all of that with its own errors)."""
+
     name = "mysql"
     drivername = "mysql+pymysql"
+    async_drivername = "mysql+aiomysql"
 
     topology_queries: tuple[str, ...] = (
         _status_query("information_schema.replica_host_status"),
@@ -132,7 +154,7 @@ class MySqlDialect:
     def abort_connection(self, dbapi_connection: Any) -> None:
         """Cut a connection's socket under whatever thread is blocked on it (a hung server
         never answers); the descriptor stays PyMySQL's to close."""
-        sock = getattr(dbapi_connection, "_sock", None)
+        sock = _socket(dbapi_connection)
         if sock is None:
             return
         with socket.socket(fileno=os.dup(sock.fileno())) as dup:
@@ -142,7 +164,11 @@ class MySqlDialect:
         """A MySQL server sends nothing unasked to an idle connection but its goodbye (an
         error packet before it closes, or the end of the stream): anything to read means
         the connection is lost."""
-        sock = getattr(dbapi_connection, "_sock", None)
+        raw = _driver(dbapi_connection)
+        reader = getattr(raw, "_reader", None)  # aiomysql: what asyncio has read already
+        if reader is not None and (reader.at_eof() or len(getattr(reader, "_buffer", b""))):
+            return True
+        sock = _socket(dbapi_connection)
         return sock is None or bool(select.select([sock], [], [], 0)[0])
 
     def prepare_engine(self, engine: Engine) -> None:
@@ -162,8 +188,11 @@ class MySqlDialect:
         engine.dialect.do_rollback = do_rollback  # type: ignore[method-assign]
 
     def connected(self, dbapi_connection: Any) -> None:
-        """A new connection is open: its handshake timeout no longer applies."""
-        dbapi_connection._read_timeout = None
+        """A new connection is open: its handshake timeout no longer applies (PyMySQL's;
+        aiomysql's handshake is bounded by ``connect_args``' creator instead)."""
+        raw = _driver(dbapi_connection)
+        if hasattr(raw, "_read_timeout"):
+            raw._read_timeout = None
 
     def parse_position(self, value: Any) -> int | None:
         """A MariaDB GTID position (``'0-11-42'``, possibly several domains) as its newest
@@ -184,8 +213,8 @@ class MySqlDialect:
     def format_position(self, position: int) -> str:
         return f"GTID sequence {position}"
 
-    def connect_args(self, sslmode: str, sslrootcert: str | None,
-                     connect_timeout: float) -> dict[str, Any]:
+    def connect_args(self, sslmode: str, sslrootcert: str | None, connect_timeout: float,
+                     asynchronous: bool = False) -> dict[str, Any]:
         """PyMySQL's arguments. TLS: ``disable`` turns it off; ``prefer`` is PyMySQL's own
         default (TLS when the server offers it); ``require`` and stricter pass one SSLContext,
         built once, so PyMySQL refuses a server without TLS before sending any credentials
@@ -194,6 +223,8 @@ class MySqlDialect:
         # read_timeout, forever by default: a hung server (which the kernel still accepts
         # connections for) would hold the caller. read_timeout bounds the handshake and
         # ``connected`` lifts it, so queries may run as long as they need.
+        if asynchronous:
+            return self._async_connect_args(sslmode, sslrootcert, connect_timeout)
         args: dict[str, Any] = {"connect_timeout": connect_timeout,
                                 "read_timeout": connect_timeout}
         if sslmode == "disable":
@@ -202,13 +233,32 @@ class MySqlDialect:
             args["ssl"] = self._ssl_context(sslmode, sslrootcert)
         return args
 
+    def _async_connect_args(self, sslmode: str, sslrootcert: str | None,
+                            connect_timeout: float) -> dict[str, Any]:
+        """aiomysql's: TLS as PyMySQL's (``prefer`` connects in clear: aiomysql does not
+        offer TLS unasked); the whole connect, handshake included, bounded by
+        ``connect_timeout`` (aiomysql bounds only the TCP connect)."""
+
+        async def connect_within(*args: Any, **kwargs: Any) -> Any:
+            return await asyncio.wait_for(aiomysql.connect(*args, **kwargs), connect_timeout)
+
+        args: dict[str, Any] = {"connect_timeout": connect_timeout,
+                                "async_creator_fn": connect_within}
+        if sslmode not in ("disable", "prefer"):
+            args["ssl"] = self._ssl_context(sslmode, sslrootcert)
+        return args
+
     def tls_in_use(self, dbapi_connection: Any) -> str | None:
-        """PyMySQL wraps its socket in an ``ssl.SSLSocket`` once TLS is negotiated."""
-        sock = getattr(dbapi_connection, "_sock", None)
-        if not isinstance(sock, ssl.SSLSocket):
+        """PyMySQL wraps its socket in an ``ssl.SSLSocket`` once TLS is negotiated; aiomysql's
+        stream transport holds an ``ssl.SSLObject``."""
+        raw = _driver(dbapi_connection)
+        writer = getattr(raw, "_writer", None)
+        tls = writer.get_extra_info("ssl_object") if writer is not None else \
+            getattr(raw, "_sock", None)
+        if not isinstance(tls, ssl.SSLSocket | ssl.SSLObject):
             return None
-        cipher = sock.cipher()
-        return " ".join(part for part in (sock.version(), cipher and cipher[0]) if part) or "TLS"
+        cipher = tls.cipher()
+        return " ".join(part for part in (tls.version(), cipher and cipher[0]) if part) or "TLS"
 
     def _ssl_context(self, sslmode: str, sslrootcert: str | None) -> ssl.SSLContext:
         key = (sslmode, sslrootcert)

@@ -23,9 +23,15 @@ _BY_SQLSTATE = {
     "40P01": ErrorKind.DEADLOCK,  # deadlock_detected
 }
 
+def _driver(dbapi_connection: Any) -> Any:
+    """psycopg's own connection, whether SQLAlchemy's asyncio adapter wraps it or not."""
+    return getattr(dbapi_connection, "driver_connection", dbapi_connection)
+
+
 class PostgresDialect:
     name = "postgresql"
     drivername = "postgresql+psycopg"
+    async_drivername = "postgresql+psycopg_async"
 
     # Aurora's view of the cluster; rows not updated for 5 minutes are instances gone.
     topology_queries: tuple[str, ...] = ((
@@ -101,7 +107,7 @@ class PostgresDialect:
         """Cut a connection's socket under whatever thread is blocked on it, so that it
         fails at once (a hung server acknowledges TCP but never answers: neither keepalives
         nor a cancel request can end the wait). The descriptor stays psycopg's to close."""
-        fd = dbapi_connection.pgconn.socket
+        fd = _driver(dbapi_connection).pgconn.socket
         with socket.socket(fileno=os.dup(fd)) as sock:
             sock.shutdown(socket.SHUT_RDWR)
 
@@ -109,7 +115,7 @@ class PostgresDialect:
         """An idle connection whose socket has something to read got either a notification
         (NOTIFY, a parameter change: read it, the connection stays good) or its server's
         goodbye (a FATAL message, the end of the stream): libpq says which once it reads it."""
-        pgconn = dbapi_connection.pgconn
+        pgconn = _driver(dbapi_connection).pgconn
         if pgconn.status != psycopg.pq.ConnStatus.OK:
             return True
         for _ in range(4):  # a goodbye is a FATAL message, then the end of the stream
@@ -141,8 +147,10 @@ class PostgresDialect:
     def format_position(self, position: int) -> str:
         return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
 
-    def connect_args(self, sslmode: str, sslrootcert: str | None,
-                     connect_timeout: float) -> dict[str, Any]:
+    def connect_args(self, sslmode: str, sslrootcert: str | None, connect_timeout: float,
+                     asynchronous: bool = False) -> dict[str, Any]:
+        """libpq's arguments, for psycopg's sync and async connections alike (libpq's
+        ``connect_timeout`` covers the whole handshake in both)."""
         args: dict[str, Any] = {
             "sslmode": sslmode,
             "connect_timeout": max(1, round(connect_timeout)),
@@ -157,4 +165,4 @@ class PostgresDialect:
     def tls_in_use(self, dbapi_connection: Any) -> str | None:
         """``"TLS"`` when the connection is encrypted, else None (psycopg tells only whether;
         ``pg_stat_ssl`` on the server tells which protocol and cipher)."""
-        return "TLS" if dbapi_connection.pgconn.ssl_in_use else None
+        return "TLS" if _driver(dbapi_connection).pgconn.ssl_in_use else None
