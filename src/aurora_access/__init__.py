@@ -1,5 +1,6 @@
 """aurora-access: read/write-splitting, failover-aware SQLAlchemy sessions for Amazon Aurora."""
 
+from .async_database import AsyncDatabase, AsyncUnitOfWork
 from .consistency import UnitOfWork
 from .database import Database
 from .errors import (
@@ -20,6 +21,8 @@ from .settings import Settings
 from .topology import Instance, Topology
 
 __all__ = [
+    "AsyncDatabase",
+    "AsyncUnitOfWork",
     "AuroraAccessError",
     "AuthenticationFailed",
     "CommitOutcomeUnknown",

@@ -1,0 +1,212 @@
+"""AsyncDatabase on the shared clusters (issue 13), both engines, readers lagging: routing,
+read-your-writes (1000 write-then-read rounds, task-local marks), session classes, commit tokens
+and units of work, run_transaction. Each test runs its own event loop (asyncio.run): engines
+belong to the loop that made them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+from sqlalchemy import select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aurora_access import AsyncDatabase, Database, ReadOnlySessionError
+from aurora_access.demo.models import Customer, Product
+from aurora_access.demo.shop import create_schema, seed
+from aurora_access.local import LocalCluster
+from engines import where_sql
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def cluster(engine_cluster: LocalCluster) -> LocalCluster:
+    """The shared cluster with the demo schema and rows on every reader."""
+    db = Database.from_env(engine_cluster.env())
+    try:
+        create_schema(db.engine("writer"))
+        with db.writer() as s:
+            seed(s)
+    finally:
+        db.close()
+    engine_cluster.wait_replayed()
+    return engine_cluster
+
+
+def with_db(cluster: LocalCluster, work: Callable[[AsyncDatabase[Any]], Awaitable[T]],
+            **env: str) -> T:
+    """``work(db)`` on a fresh event loop with a fresh AsyncDatabase, closed after."""
+
+    async def main() -> T:
+        db: AsyncDatabase[Any] = AsyncDatabase.from_env({**cluster.env(), **env})
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(main())
+
+
+async def where(s: AsyncSession, engine: str) -> tuple[bool, str]:
+    on_reader, instance = (await s.execute(where_sql(engine))).one()
+    return bool(on_reader), str(instance)
+
+
+def test_reads_on_readers_writes_on_the_writer(cluster: LocalCluster) -> None:
+    async def work(db: AsyncDatabase[Any]) -> None:
+        async with db.session() as s:
+            assert (await where(s, cluster.engine))[0]
+            assert await s.get(Product, 1) is not None
+            customer = await s.get(Customer, 2)
+            assert customer is not None
+            customer.name = "Renamed async"
+            await s.flush()
+            assert not (await where(s, cluster.engine))[0]  # the transaction stays there
+        async with db.writer() as s:
+            assert not (await where(s, cluster.engine))[0]
+            assert (await s.get(Customer, 2)).name == "Renamed async"  # type: ignore[union-attr]
+        stats = db.stats()
+        assert stats["reads_on_readers"] >= 2 and stats["writes"] >= 1
+
+    with_db(cluster, work)
+
+
+def test_a_write_in_read_only_is_refused(cluster: LocalCluster) -> None:
+    async def work(db: AsyncDatabase[Any]) -> None:
+        with pytest.raises(ReadOnlySessionError):
+            async with db.read_only() as s:
+                await s.execute(text("UPDATE stock SET quantity = quantity - 1"))
+        async with db.read_only(snapshot=True) as s:
+            first = await where(s, cluster.engine)
+            assert first[0] and await where(s, cluster.engine) == first  # one reader
+
+    with_db(cluster, work)
+
+
+def test_a_thousand_writes_each_read_back_at_once(cluster: LocalCluster) -> None:
+    """1000 write-then-read rounds in one task, readers lagging: never stale."""
+
+    async def work(db: AsyncDatabase[Any]) -> int:
+        stale = 0
+        for i in range(1000):
+            async with db.session() as s:
+                await s.execute(update(Customer).where(Customer.id == 3).values(name=f"a{i}"))
+            async with db.session() as s:
+                if await s.scalar(select(Customer.name).where(Customer.id == 3)) != f"a{i}":
+                    stale += 1
+        return stale
+
+    assert with_db(cluster, work, AURORA_RYW_WAIT_MS="0") == 0
+
+
+def test_reads_after_a_write_wait_for_a_reader(cluster: LocalCluster) -> None:
+    if cluster.engine == "mysql":
+        pytest.skip("MariaDB's readers lag a whole second")
+
+    async def work(db: AsyncDatabase[Any]) -> dict[str, int]:
+        for i in range(20):
+            async with db.session() as s:
+                await s.execute(update(Customer).where(Customer.id == 4).values(name=f"w{i}"))
+            async with db.session() as s:
+                assert await s.scalar(select(Customer.name).where(Customer.id == 4)) == f"w{i}"
+        return db.stats()
+
+    stats = with_db(cluster, work, AURORA_RYW_WAIT_MS="2000")
+    assert stats["reads_on_writer"] == 0 and stats["ryw_fallbacks"] == 0
+    assert stats["ryw_waits"] >= 15
+
+
+def test_read_your_writes_is_task_local(cluster: LocalCluster) -> None:
+    """A task's commit constrains its own later reads and the tasks it creates afterwards,
+    not unrelated tasks (with no wait: what a constrained read does is read on the writer)."""
+
+    async def work(db: AsyncDatabase[Any]) -> dict[str, bool]:
+        committed = asyncio.Event()
+        places: dict[str, bool] = {}
+
+        async def bystander() -> None:  # created before the commit, unrelated to it
+            await committed.wait()
+            async with db.session() as s:
+                places["bystander"] = (await where(s, cluster.engine))[0]
+
+        async def committer() -> None:
+            async with db.session() as s:
+                await s.execute(update(Customer).where(Customer.id == 6).values(name="tl"))
+            committed.set()
+            async with db.session() as s:
+                places["itself"] = (await where(s, cluster.engine))[0]
+
+            async def child() -> None:
+                async with db.session() as s:
+                    places["child"] = (await where(s, cluster.engine))[0]
+
+            await asyncio.create_task(child())
+
+        await asyncio.gather(bystander(), committer())
+        return places
+
+    places = with_db(cluster, work, AURORA_RYW_WAIT_MS="0")
+    assert places == {"itself": False, "child": False, "bystander": True}
+    process = with_db(cluster, work, AURORA_RYW_WAIT_MS="0", AURORA_RYW_SCOPE="process")
+    assert process == {"itself": False, "child": False, "bystander": False}
+
+
+def test_tokens_and_units_of_work(cluster: LocalCluster) -> None:
+    async def work(db: AsyncDatabase[Any]) -> None:
+        async with db.unit_of_work() as unit:
+            async def write() -> None:
+                async with db.session() as s:
+                    await s.execute(update(Customer).where(Customer.id == 8).values(name="u"))
+
+            await asyncio.create_task(write())  # a task of the unit: its commit is the unit's
+            assert unit.committed
+            async with db.session() as s:
+                assert await s.scalar(select(Customer.name).where(Customer.id == 8)) == "u"
+        token = await unit.token()
+        assert token is not None and await db.commit_token() is None
+        async with db.session(after=token) as s:
+            assert await s.scalar(select(Customer.name).where(Customer.id == 8)) == "u"
+
+    with_db(cluster, work)
+
+
+def test_run_transaction_and_sessionmaker(cluster: LocalCluster) -> None:
+    async def work(db: AsyncDatabase[Any]) -> None:
+        async def rename(s: AsyncSession) -> str:
+            customer = await s.get(Customer, 9, with_for_update=True)
+            assert customer is not None
+            customer.name = "by run_transaction"
+            return (await where(s, cluster.engine))[1]
+
+        assert await db.run_transaction(rename) == db.topology().writer.id
+        async with db.sessionmaker() as s:  # read-your-writes for plain sessionmaker use too
+            assert await s.scalar(select(Customer.name).where(Customer.id == 9)) == \
+                "by run_transaction"
+        with pytest.raises(ValueError, match="max_attempts"):
+            await db.run_transaction(rename, max_attempts=0)
+
+    with_db(cluster, work)
+
+
+def test_an_application_async_session_class(cluster: LocalCluster) -> None:
+    """SQLModel's AsyncSession, with its exec(): its sync session routes."""
+    from sqlmodel import select as sqlmodel_select  # noqa: PLC0415
+    from sqlmodel.ext.asyncio.session import AsyncSession as SQLModelAsyncSession  # noqa: PLC0415
+
+    async def main() -> None:
+        db = AsyncDatabase.from_env(cluster.env(), session_class=SQLModelAsyncSession)
+        try:
+            async with db.session() as s:
+                assert isinstance(s, SQLModelAsyncSession)
+                rows = (await s.exec(sqlmodel_select(Customer).where(Customer.id == 1))).all()
+                assert [c.id for c in rows] == [1]
+                assert db.stats()["reads_on_readers"] == 1
+        finally:
+            await db.close()
+        with pytest.raises(TypeError, match="AsyncSession"):
+            AsyncDatabase.from_env(cluster.env(), session_class=dict)  # type: ignore[arg-type]
+
+    asyncio.run(main())
