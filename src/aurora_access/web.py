@@ -2,7 +2,7 @@
 
 ``CommitTokenMiddleware`` (ASGI: Starlette, FastAPI, Litestar) and
 ``CommitTokenWSGIMiddleware`` (Flask, Django's WSGI handler, any WSGI app) run every request in
-a unit of work (``db.unit_of_work``):
+a unit of work (``db.request_unit``, what ``db.unit_of_work`` opens):
 
 - at the start, the commit token the client sent back (the ``X-Commit-Token`` header, else the
   ``aurora_commit`` cookie) becomes the unit's ``after``: every read of the request sees that
@@ -51,9 +51,10 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
 class UnitsOfWork(Protocol):
-    """What the middleware needs of a database (``Database``)."""
+    """What the middleware needs of a database: ``Database`` or ``AsyncDatabase`` (whose
+    ``unit_of_work`` is an async context manager; this one is sync and does no I/O)."""
 
-    def unit_of_work(self, after: str | None = None) -> AbstractContextManager[UnitOfWork]: ...
+    def request_unit(self, after: str | None = None) -> AbstractContextManager[UnitOfWork]: ...
 
 
 class _CommitTokens:
@@ -86,10 +87,10 @@ class _CommitTokens:
         token = header or _cookie(cookies, self.cookie_name)
         if token:
             try:
-                return self.db.unit_of_work(after=token)
+                return self.db.request_unit(after=token)
             except InvalidCommitToken as error:
                 log.debug("ignoring the client's commit token: %s", error)
-        return self.db.unit_of_work()
+        return self.db.request_unit()
 
     def response_headers(self, unit: UnitOfWork, token: str | None = None) -> list[tuple[str, str]]:
         """The cookie and header that carry the unit's newest commit; none if it committed
