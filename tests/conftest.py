@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from aurora_access.local import LocalCluster
+from aurora_access.local import LocalCluster, free_port
 
 
 @pytest.fixture
@@ -30,3 +30,13 @@ def engine_cluster(request: pytest.FixtureRequest) -> LocalCluster:
     name = "aurora_cluster" if request.param == "postgresql" else "aurora_mysql_cluster"
     cluster: LocalCluster = request.getfixturevalue(name)
     return cluster
+
+
+@pytest.fixture(scope="session", params=["postgresql", "mysql"])
+def failover_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    """A cluster the failover tests fail over, crash and pause (not the shared ones, whose
+    readers lag): 2 readers, the cluster endpoint 5 s behind a failover as Aurora's DNS.
+    Shared by the sync and async failover tests, one engine at a time."""
+    with LocalCluster(engine=request.param, readers=2, endpoint_delay_s=5.0,
+                      port=free_port()) as cluster:
+        yield cluster

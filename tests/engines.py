@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from sqlalchemy import TextClause, text
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from aurora_access import Database, RoutingSession
+from aurora_access import AsyncDatabase, Database, RoutingSession
+from aurora_access.local import LocalCluster
+
+T = TypeVar("T")
 
 # (is this instance a reader, its instance id)
 _WHERE = {
@@ -33,6 +40,27 @@ def where(session: RoutingSession | Session, engine: str | None = None) -> tuple
         engine = session.router.dialect.name
     in_recovery, instance_id = session.execute(where_sql(engine)).one()
     return bool(in_recovery), str(instance_id)
+
+
+async def async_where(session: AsyncSession, engine: str) -> tuple[bool, str]:
+    """``where`` for an AsyncSession."""
+    on_reader, instance = (await session.execute(where_sql(engine))).one()
+    return bool(on_reader), str(instance)
+
+
+def with_async_db(cluster: LocalCluster, work: Callable[[AsyncDatabase[Any]], Awaitable[T]],
+                  **env: str) -> T:
+    """``work(db)`` on a new event loop with a new AsyncDatabase on the cluster (its engines
+    belong to that loop), closed after."""
+
+    async def main() -> T:
+        db: AsyncDatabase[Any] = AsyncDatabase.from_env({**cluster.env(), **env})
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(main())
 
 
 def settle(db: Database, timeout: float = 10.0) -> None:

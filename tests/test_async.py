@@ -6,8 +6,7 @@ belong to the loop that made them."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from sqlalchemy import select, text, update
@@ -17,9 +16,7 @@ from aurora_access import AsyncDatabase, Database, ReadOnlySessionError
 from aurora_access.demo.models import Customer, Product
 from aurora_access.demo.shop import create_schema, seed
 from aurora_access.local import LocalCluster
-from engines import where_sql
-
-T = TypeVar("T")
+from engines import async_where, with_async_db
 
 
 @pytest.fixture(scope="module")
@@ -36,42 +33,23 @@ def cluster(engine_cluster: LocalCluster) -> LocalCluster:
     return engine_cluster
 
 
-def with_db(cluster: LocalCluster, work: Callable[[AsyncDatabase[Any]], Awaitable[T]],
-            **env: str) -> T:
-    """``work(db)`` on a fresh event loop with a fresh AsyncDatabase, closed after."""
-
-    async def main() -> T:
-        db: AsyncDatabase[Any] = AsyncDatabase.from_env({**cluster.env(), **env})
-        try:
-            return await work(db)
-        finally:
-            await db.close()
-
-    return asyncio.run(main())
-
-
-async def where(s: AsyncSession, engine: str) -> tuple[bool, str]:
-    on_reader, instance = (await s.execute(where_sql(engine))).one()
-    return bool(on_reader), str(instance)
-
-
 def test_reads_on_readers_writes_on_the_writer(cluster: LocalCluster) -> None:
     async def work(db: AsyncDatabase[Any]) -> None:
         async with db.session() as s:
-            assert (await where(s, cluster.engine))[0]
+            assert (await async_where(s, cluster.engine))[0]
             assert await s.get(Product, 1) is not None
             customer = await s.get(Customer, 2)
             assert customer is not None
             customer.name = "Renamed async"
             await s.flush()
-            assert not (await where(s, cluster.engine))[0]  # the transaction stays there
+            assert not (await async_where(s, cluster.engine))[0]  # the transaction stays there
         async with db.writer() as s:
-            assert not (await where(s, cluster.engine))[0]
+            assert not (await async_where(s, cluster.engine))[0]
             assert (await s.get(Customer, 2)).name == "Renamed async"  # type: ignore[union-attr]
         stats = db.stats()
         assert stats["reads_on_readers"] >= 2 and stats["writes"] >= 1
 
-    with_db(cluster, work)
+    with_async_db(cluster, work)
 
 
 def test_a_write_in_read_only_is_refused(cluster: LocalCluster) -> None:
@@ -80,10 +58,10 @@ def test_a_write_in_read_only_is_refused(cluster: LocalCluster) -> None:
             async with db.read_only() as s:
                 await s.execute(text("UPDATE stock SET quantity = quantity - 1"))
         async with db.read_only(snapshot=True) as s:
-            first = await where(s, cluster.engine)
-            assert first[0] and await where(s, cluster.engine) == first  # one reader
+            first = await async_where(s, cluster.engine)
+            assert first[0] and await async_where(s, cluster.engine) == first  # one reader
 
-    with_db(cluster, work)
+    with_async_db(cluster, work)
 
 
 def test_a_thousand_writes_each_read_back_at_once(cluster: LocalCluster) -> None:
@@ -99,7 +77,7 @@ def test_a_thousand_writes_each_read_back_at_once(cluster: LocalCluster) -> None
                     stale += 1
         return stale
 
-    assert with_db(cluster, work, AURORA_RYW_WAIT_MS="0") == 0
+    assert with_async_db(cluster, work, AURORA_RYW_WAIT_MS="0") == 0
 
 
 def test_reads_after_a_write_wait_for_a_reader(cluster: LocalCluster) -> None:
@@ -114,7 +92,7 @@ def test_reads_after_a_write_wait_for_a_reader(cluster: LocalCluster) -> None:
                 assert await s.scalar(select(Customer.name).where(Customer.id == 4)) == f"w{i}"
         return db.stats()
 
-    stats = with_db(cluster, work, AURORA_RYW_WAIT_MS="2000")
+    stats = with_async_db(cluster, work, AURORA_RYW_WAIT_MS="2000")
     assert stats["reads_on_writer"] == 0 and stats["ryw_fallbacks"] == 0
     assert stats["ryw_waits"] >= 15
 
@@ -130,27 +108,27 @@ def test_read_your_writes_is_task_local(cluster: LocalCluster) -> None:
         async def bystander() -> None:  # created before the commit, unrelated to it
             await committed.wait()
             async with db.session() as s:
-                places["bystander"] = (await where(s, cluster.engine))[0]
+                places["bystander"] = (await async_where(s, cluster.engine))[0]
 
         async def committer() -> None:
             async with db.session() as s:
                 await s.execute(update(Customer).where(Customer.id == 6).values(name="tl"))
             committed.set()
             async with db.session() as s:
-                places["itself"] = (await where(s, cluster.engine))[0]
+                places["itself"] = (await async_where(s, cluster.engine))[0]
 
             async def child() -> None:
                 async with db.session() as s:
-                    places["child"] = (await where(s, cluster.engine))[0]
+                    places["child"] = (await async_where(s, cluster.engine))[0]
 
             await asyncio.create_task(child())
 
         await asyncio.gather(bystander(), committer())
         return places
 
-    places = with_db(cluster, work, AURORA_RYW_WAIT_MS="0")
+    places = with_async_db(cluster, work, AURORA_RYW_WAIT_MS="0")
     assert places == {"itself": False, "child": False, "bystander": True}
-    process = with_db(cluster, work, AURORA_RYW_WAIT_MS="0", AURORA_RYW_SCOPE="process")
+    process = with_async_db(cluster, work, AURORA_RYW_WAIT_MS="0", AURORA_RYW_SCOPE="process")
     assert process == {"itself": False, "child": False, "bystander": False}
 
 
@@ -170,7 +148,7 @@ def test_tokens_and_units_of_work(cluster: LocalCluster) -> None:
         async with db.session(after=token) as s:
             assert await s.scalar(select(Customer.name).where(Customer.id == 8)) == "u"
 
-    with_db(cluster, work)
+    with_async_db(cluster, work)
 
 
 def test_run_transaction_and_sessionmaker(cluster: LocalCluster) -> None:
@@ -179,7 +157,7 @@ def test_run_transaction_and_sessionmaker(cluster: LocalCluster) -> None:
             customer = await s.get(Customer, 9, with_for_update=True)
             assert customer is not None
             customer.name = "by run_transaction"
-            return (await where(s, cluster.engine))[1]
+            return (await async_where(s, cluster.engine))[1]
 
         assert await db.run_transaction(rename) == db.topology().writer.id
         async with db.sessionmaker() as s:  # read-your-writes for plain sessionmaker use too
@@ -188,7 +166,7 @@ def test_run_transaction_and_sessionmaker(cluster: LocalCluster) -> None:
         with pytest.raises(ValueError, match="max_attempts"):
             await db.run_transaction(rename, max_attempts=0)
 
-    with_db(cluster, work)
+    with_async_db(cluster, work)
 
 
 def test_an_application_async_session_class(cluster: LocalCluster) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -12,14 +13,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiomysql
 import boto3
 import pymysql
 import pytest
 import time_machine
 from moto import mock_aws
 from sqlalchemy import create_engine, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from aurora_access import AuroraAccessError, Database
+from aurora_access import AsyncDatabase, AuroraAccessError, Database
 from aurora_access.auth import IamTokens, SecretCredentials
 from aurora_access.local import LocalCluster, free_port
 from engines import TLS_IN_USE, where_sql
@@ -169,11 +172,14 @@ def test_iam_login_end_to_end(engine: str, monkeypatch: pytest.MonkeyPatch,
     assert "X-Amz-Signature" not in logged and "example-secret-key" not in logged
 
 
+@pytest.mark.parametrize("api", ["sync", "async"])
 @pytest.mark.parametrize("engine", ["postgresql", "mysql"])
 def test_iam_over_verified_tls_to_every_instance_and_through_a_failover(
-        engine: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        engine: str, api: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     """Each instance accepts only the token signed for its own host (the role's password is
-    set to it in turn), over verify-full TLS; nothing secret reaches the logs."""
+    set to it in turn), over verify-full TLS; nothing secret reaches the logs. ``Database``
+    and ``AsyncDatabase`` (psycopg async, aiomysql) alike."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEY000000")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example-secret-key-not-real-000000000000")
     caplog.set_level(logging.DEBUG)
@@ -186,42 +192,91 @@ def test_iam_over_verified_tls_to_every_instance_and_through_a_failover(
             tokens_seen.append(token)
             set_app_password(cluster, token)
 
-        writer = cluster.writer
-        accept_only_token_of(writer.host)
+        accept_only_token_of(cluster.writer.host)
         env = {k: v for k, v in cluster.env().items() if k != "AURORA_PASSWORD"}
-        env.update(AURORA_CLUSTER_ENDPOINT=writer.host, AURORA_IAM_AUTH="true",
-                   AURORA_REGION="us-east-1")  # sslmode: verify-full, as IAM defaults to
-        db = Database.from_env({**env, "AURORA_TOPOLOGY_REFRESH_S": "0.3"})
-        try:
-            with db.session() as s:
-                s.execute(text("CREATE TABLE iam_tls (id int)"))
-                s.execute(text("INSERT INTO iam_tls VALUES (1)"))
-                assert s.execute(text(TLS_IN_USE[engine])).scalar()
-            for reader in cluster.readers:
-                accept_only_token_of(reader.host)
-                with db.engine(reader.id).connect() as conn:
-                    on_reader, instance_id = conn.execute(where_sql(engine)).one()
-                    tls = conn.execute(text(TLS_IN_USE[engine])).scalar()
-                    count = conn.execute(text("SELECT count(*) FROM iam_tls")).scalar()
-                assert (bool(on_reader), str(instance_id), bool(tls), count) == (
-                    True, reader.id, True, 1)
-            report = cluster.failover()
-            new_writer = cluster.writer
-            accept_only_token_of(new_writer.host)
-
-            def write(s: object) -> str:
-                s.execute(text("INSERT INTO iam_tls VALUES (2)"))  # type: ignore[attr-defined]
-                return str(s.execute(where_sql(engine)).one()[1])  # type: ignore[attr-defined]
-
-            assert db.run_transaction(write, max_attempts=5) == report.new_writer
-            assert db.stats()["iam_tokens_generated"] >= 4  # writer, 2 readers, new writer
-        finally:
-            db.close()
+        env.update(AURORA_CLUSTER_ENDPOINT=cluster.writer.host, AURORA_IAM_AUTH="true",
+                   AURORA_REGION="us-east-1",  # sslmode: verify-full, as IAM defaults to
+                   AURORA_TOPOLOGY_REFRESH_S="0.3")
+        readers = [r.id for r in cluster.readers]
+        iam_round = _sync_iam_round if api == "sync" else _async_iam_round
+        seen, new_writer, tokens = iam_round(cluster, env, accept_only_token_of)
+        assert seen == [(True, reader, True, 1) for reader in readers]
+        assert new_writer == cluster.writer.id
+        assert tokens >= 4  # writer, 2 readers, new writer
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "token" in logged.lower()  # the token's life is logged...
     for token in tokens_seen:  # ... never the token
         assert token not in logged and token.split("X-Amz-Signature=")[1] not in logged
     assert "X-Amz-Signature" not in logged and "example-secret-key" not in logged
+
+
+IamRound = tuple[list[tuple[bool, str, bool, int]], str, int]
+
+
+def _sync_iam_round(cluster: LocalCluster, env: dict[str, str],
+                    accept_only_token_of: Any) -> IamRound:
+    """Write over TLS on the writer, read on each reader (accepting only its token), fail
+    over, write on the new writer: (each reader's answers, the new writer, tokens signed)."""
+    engine = cluster.engine
+    db = Database.from_env(env)
+    try:
+        with db.session() as s:
+            s.execute(text("CREATE TABLE iam_tls (id int)"))
+            s.execute(text("INSERT INTO iam_tls VALUES (1)"))
+            assert s.execute(text(TLS_IN_USE[engine])).scalar()
+        seen = []
+        for reader in cluster.readers:
+            accept_only_token_of(reader.host)
+            with db.engine(reader.id).connect() as conn:
+                on_reader, instance_id = conn.execute(where_sql(engine)).one()
+                tls = conn.execute(text(TLS_IN_USE[engine])).scalar()
+                count = conn.execute(text("SELECT count(*) FROM iam_tls")).scalar()
+            seen.append((bool(on_reader), str(instance_id), bool(tls), int(count or 0)))
+        cluster.failover()
+        accept_only_token_of(cluster.writer.host)
+
+        def write(s: Any) -> str:
+            s.execute(text("INSERT INTO iam_tls VALUES (2)"))
+            return str(s.execute(where_sql(engine)).one()[1])
+
+        return seen, db.run_transaction(write, max_attempts=5), db.stats()["iam_tokens_generated"]
+    finally:
+        db.close()
+
+
+def _async_iam_round(cluster: LocalCluster, env: dict[str, str],
+                     accept_only_token_of: Any) -> IamRound:
+    """``_sync_iam_round`` through AsyncDatabase."""
+    engine = cluster.engine
+
+    async def main() -> IamRound:
+        db = AsyncDatabase.from_env(env)
+        try:
+            async with db.session() as s:
+                await s.execute(text("CREATE TABLE iam_tls (id int)"))
+                await s.execute(text("INSERT INTO iam_tls VALUES (1)"))
+                assert await s.scalar(text(TLS_IN_USE[engine]))
+            seen = []
+            for reader in cluster.readers:
+                accept_only_token_of(reader.host)
+                async with db.engine(reader.id).connect() as conn:
+                    on_reader, instance_id = (await conn.execute(where_sql(engine))).one()
+                    tls = await conn.scalar(text(TLS_IN_USE[engine]))
+                    count = await conn.scalar(text("SELECT count(*) FROM iam_tls"))
+                seen.append((bool(on_reader), str(instance_id), bool(tls), int(count or 0)))
+            await asyncio.to_thread(cluster.failover)
+            accept_only_token_of(cluster.writer.host)
+
+            async def write(s: AsyncSession) -> str:
+                await s.execute(text("INSERT INTO iam_tls VALUES (2)"))
+                return str((await s.execute(where_sql(engine))).one()[1])
+
+            new_writer = await db.run_transaction(write, max_attempts=5)
+            return seen, new_writer, db.stats()["iam_tokens_generated"]
+        finally:
+            await db.close()
+
+    return asyncio.run(main())
 
 
 def test_database_logs_in_from_a_secret_and_follows_its_rotation(secrets: object) -> None:
@@ -250,22 +305,33 @@ def test_database_logs_in_from_a_secret_and_follows_its_rotation(secrets: object
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to add a PAM service in /etc/pam.d")
+@pytest.mark.parametrize("api", ["sync", "async"])
 def test_iam_through_the_cleartext_plugin_over_tls_as_on_aurora_mysql(
-        shm_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        api: str, shm_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Aurora MySQL checks an IAM token with a server plugin that asks the client for the
     password in clear (mysql_clear_password), which is safe only inside TLS. MariaDB does the
     same with PAM and ``pam_use_cleartext_plugin``: a PAM service accepts exactly the token for
-    this clock, as Aurora accepts exactly a valid signature."""
+    this clock, as Aurora accepts exactly a valid signature. PyMySQL (``Database``) and
+    aiomysql (``AsyncDatabase``) alike."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEY000000")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example-secret-key-not-real-000000000000")
     plugins: list[bytes] = []
-    process_auth = pymysql.connections.Connection._process_auth
+    if api == "sync":
+        process_auth = pymysql.connections.Connection._process_auth
 
-    def recording(self: Any, plugin_name: bytes, *args: Any) -> Any:
-        plugins.append(plugin_name)
-        return process_auth(self, plugin_name, *args)
+        def recording(self: Any, plugin_name: bytes, *args: Any) -> Any:
+            plugins.append(plugin_name)
+            return process_auth(self, plugin_name, *args)
 
-    monkeypatch.setattr(pymysql.connections.Connection, "_process_auth", recording)
+        monkeypatch.setattr(pymysql.connections.Connection, "_process_auth", recording)
+    else:
+        process_auth_async = aiomysql.connection.Connection._process_auth
+
+        async def recording_async(self: Any, plugin_name: bytes, *args: Any) -> Any:
+            plugins.append(plugin_name)
+            return await process_auth_async(self, plugin_name, *args)
+
+        monkeypatch.setattr(aiomysql.connection.Connection, "_process_auth", recording_async)
     expected = shm_dir / "expected-token"
     check = shm_dir / "check-token"
     check.write_text(f'#!/bin/bash\nIFS= read -r -d "" token\n[ "$token" = "$(cat {expected})" ]\n')
@@ -293,19 +359,43 @@ def test_iam_through_the_cleartext_plugin_over_tls_as_on_aurora_mysql(
             env = {k: v for k, v in cluster.env().items() if k != "AURORA_PASSWORD"}
             env.update(AURORA_CLUSTER_ENDPOINT=writer.host, AURORA_USER="iam",
                        AURORA_IAM_AUTH="true", AURORA_REGION="us-east-1")
-            db = Database.from_env(env)  # verify-full with the cluster's CA
-            try:
-                with db.session() as s:
-                    s.execute(text("CREATE TABLE cleartext_probe (id int)"))
-                    s.execute(text("INSERT INTO cleartext_probe VALUES (1)"))
-                    assert s.execute(text(TLS_IN_USE["mysql"])).scalar()
-                with db.session() as s:
-                    assert s.execute(text("SELECT count(*) FROM cleartext_probe")).scalar() == 1
-            finally:
-                db.close()
+            write_then_read = _write_then_read if api == "sync" else _write_then_read_async
+            assert write_then_read(env) == (True, 1)  # verify-full with the cluster's CA
             assert b"mysql_clear_password" in plugins
             with pytest.raises(AuroraAccessError, match="refused the login of user 'iam' with "
                                "an IAM auth token"):
-                Database.from_env({**env, "AURORA_REGION": "eu-west-3"}).wait_ready(5)
+                write_then_read({**env, "AURORA_REGION": "eu-west-3"})
         finally:
             service.unlink()
+
+
+def _write_then_read(env: dict[str, str]) -> tuple[bool, int]:
+    """Write on the writer, read it back: (TLS in use, rows read)."""
+    db = Database.from_env(env)
+    try:
+        with db.session() as s:
+            s.execute(text("CREATE TABLE IF NOT EXISTS cleartext_probe (id int)"))
+            s.execute(text("INSERT INTO cleartext_probe VALUES (1)"))
+            tls = bool(s.execute(text(TLS_IN_USE["mysql"])).scalar())
+        with db.session() as s:
+            return tls, int(s.execute(text("SELECT count(*) FROM cleartext_probe")).scalar() or 0)
+    finally:
+        db.close()
+
+
+def _write_then_read_async(env: dict[str, str]) -> tuple[bool, int]:
+    """``_write_then_read`` through AsyncDatabase."""
+
+    async def main() -> tuple[bool, int]:
+        db = AsyncDatabase.from_env(env)
+        try:
+            async with db.session() as s:
+                await s.execute(text("CREATE TABLE IF NOT EXISTS cleartext_probe (id int)"))
+                await s.execute(text("INSERT INTO cleartext_probe VALUES (1)"))
+                tls = bool(await s.scalar(text(TLS_IN_USE["mysql"])))
+            async with db.session() as s:
+                return tls, int(await s.scalar(text("SELECT count(*) FROM cleartext_probe")) or 0)
+        finally:
+            await db.close()
+
+    return asyncio.run(main())

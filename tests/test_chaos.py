@@ -1,9 +1,10 @@
-"""Chaos: orders placed from 8 threads while the writer fails over 3 times (with a stale cluster
-endpoint) and a reader crashes and comes back, on PostgreSQL and on MariaDB. Nothing acknowledged
-may be lost or doubled."""
+"""Chaos: orders placed by 8 threads (Database), or by 8 asyncio tasks (AsyncDatabase), while
+the writer fails over 3 times (with a stale cluster endpoint) and a reader crashes and comes
+back, on PostgreSQL and on MariaDB. Nothing acknowledged may be lost or doubled."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -12,9 +13,11 @@ from collections import Counter
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from aurora_access import (
+    AsyncDatabase,
     CommitOutcomeUnknown,
     Database,
     NoWriterAvailable,
@@ -25,7 +28,7 @@ from aurora_access.demo.shop import create_schema, place_order, seed
 from aurora_access.local import LocalCluster, free_port
 
 DOCUMENTED = (TransactionReplayRequired, CommitOutcomeUnknown, NoWriterAvailable)
-THREADS = 8
+SHOPPERS = 8
 
 
 def check_orders(s: Session, initial_stock: int | None, returned: dict[str, int],
@@ -45,76 +48,137 @@ def check_orders(s: Session, initial_stock: int | None, returned: dict[str, int]
     assert len(returned) > 100, "the workload barely ran"
 
 
-@pytest.mark.parametrize("engine", ["postgresql", "mysql"])
-def test_no_order_is_lost_or_doubled_through_three_failovers(engine: str) -> None:
-    with LocalCluster(engine=engine, readers=2, endpoint_delay_s=5.0,
-                      port=free_port()) as cluster:
-        db = Database.from_env({**cluster.env(), "AURORA_TOPOLOGY_REFRESH_S": "0.5"})
-        create_schema(db.engine("writer"))
-        with db.writer() as s:
-            seed(s, products=20, customers=THREADS, stock_each=100_000)
-        with db.writer() as s:
-            initial_stock = s.scalar(select(func.sum(Stock.quantity)))
+class Orders:
+    """What the shoppers were told, by order id (and its quantity)."""
 
-        returned: dict[str, int] = {}  # order id -> quantity, acknowledged to the caller
-        unknown: dict[str, int] = {}  # CommitOutcomeUnknown: may or may not be there
-        not_placed: Counter[str] = Counter()  # documented errors before any commit
-        escaped: list[BaseException] = []
-        stop = threading.Event()
-        lock = threading.Lock()
+    def __init__(self) -> None:
+        self.returned: dict[str, int] = {}  # acknowledged to the caller
+        self.unknown: dict[str, int] = {}  # CommitOutcomeUnknown: may or may not be there
+        self.not_placed: Counter[str] = Counter()  # documented errors before any commit
+        self.escaped: list[BaseException] = []
+        self.lock = threading.Lock()
 
-        def shopper(n: int) -> None:
+    def record(self, order_id: str, quantity: int, error: BaseException | None) -> None:
+        with self.lock:
+            if error is None:
+                self.returned[order_id] = quantity
+            elif isinstance(error, CommitOutcomeUnknown):
+                self.unknown[order_id] = quantity
+            elif isinstance(error, DOCUMENTED):
+                self.not_placed[type(error).__name__] += 1
+            else:
+                self.escaped.append(error)
+
+
+def faults(cluster: LocalCluster) -> list[object]:
+    """3 failovers 1.5 s apart, a reader crashed and restarted after the second; blocking."""
+    reports: list[object] = []
+    for round_ in range(3):
+        time.sleep(1.5)
+        reports.append(cluster.failover())
+        if round_ == 1:
+            victim = cluster.readers[0].id
+            cluster.crash(victim)
+            time.sleep(1.0)
+            cluster.restart(victim)
+    time.sleep(1.5)
+    return reports
+
+
+def shop_with_threads(db: Database, cluster: LocalCluster, orders: Orders) -> list[object]:
+    stop = threading.Event()
+
+    def shopper(n: int) -> None:
+        rng = random.Random(n)
+        while not stop.is_set():
+            order_id = str(uuid.uuid4())
+            items = {rng.randint(1, 20): rng.randint(1, 3)}
+            try:
+                db.run_transaction(
+                    lambda s, items=items, order_id=order_id: place_order(
+                        s, customer_id=n + 1, items=items, order_id=order_id),
+                    max_attempts=10)
+            except BaseException as exc:
+                orders.record(order_id, sum(items.values()), exc)
+            else:
+                orders.record(order_id, sum(items.values()), None)
+
+    threads = [threading.Thread(target=shopper, args=(n,)) for n in range(SHOPPERS)]
+    for thread in threads:
+        thread.start()
+    try:
+        return faults(cluster)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+
+
+def shop_with_tasks(env: dict[str, str], cluster: LocalCluster, orders: Orders) -> list[object]:
+    """The same shoppers as asyncio tasks of one AsyncDatabase; the faults in a thread."""
+
+    async def main() -> list[object]:
+        db = AsyncDatabase.from_env(env)
+        stop = asyncio.Event()
+
+        async def shopper(n: int) -> None:
             rng = random.Random(n)
             while not stop.is_set():
                 order_id = str(uuid.uuid4())
                 items = {rng.randint(1, 20): rng.randint(1, 3)}
-                quantity = sum(items.values())
-                try:
-                    db.run_transaction(
-                        lambda s, items=items, order_id=order_id: place_order(
-                            s, customer_id=n + 1, items=items, order_id=order_id),
-                        max_attempts=10)
-                except CommitOutcomeUnknown:
-                    with lock:
-                        unknown[order_id] = quantity
-                except DOCUMENTED as exc:
-                    with lock:
-                        not_placed[type(exc).__name__] += 1
-                except BaseException as exc:
-                    with lock:
-                        escaped.append(exc)
-                else:
-                    with lock:
-                        returned[order_id] = quantity
 
-        threads = [threading.Thread(target=shopper, args=(n,)) for n in range(THREADS)]
-        began = time.monotonic()
-        for thread in threads:
-            thread.start()
-        reports = []
+                async def order(s: AsyncSession, items: dict[int, int] = items,
+                                order_id: str = order_id) -> str:
+                    return await s.run_sync(place_order, n + 1, items, order_id)
+
+                try:
+                    await db.run_transaction(order, max_attempts=10)
+                except BaseException as exc:
+                    orders.record(order_id, sum(items.values()), exc)
+                else:
+                    orders.record(order_id, sum(items.values()), None)
+
+        tasks = [asyncio.create_task(shopper(n)) for n in range(SHOPPERS)]
         try:
-            for round_ in range(3):
-                time.sleep(1.5)
-                reports.append(cluster.failover())
-                if round_ == 1:
-                    victim = cluster.readers[0].id
-                    cluster.crash(victim)
-                    time.sleep(1.0)
-                    cluster.restart(victim)
-            time.sleep(1.5)
+            return await asyncio.to_thread(faults, cluster)
         finally:
             stop.set()
-            for thread in threads:
-                thread.join(60)
+            await asyncio.wait_for(asyncio.gather(*tasks), 60)
+            assert db.stats()["failovers"] >= 3
+            await db.close()
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("api", ["threads", "asyncio"])
+@pytest.mark.parametrize("engine", ["postgresql", "mysql"])
+def test_no_order_is_lost_or_doubled_through_three_failovers(engine: str, api: str) -> None:
+    with LocalCluster(engine=engine, readers=2, endpoint_delay_s=5.0,
+                      port=free_port()) as cluster:
+        env = {**cluster.env(), "AURORA_TOPOLOGY_REFRESH_S": "0.5"}
+        db = Database.from_env(env)
+        create_schema(db.engine("writer"))
+        with db.writer() as s:
+            seed(s, products=20, customers=SHOPPERS, stock_each=100_000)
+        with db.writer() as s:
+            initial_stock = s.scalar(select(func.sum(Stock.quantity)))
+
+        orders = Orders()
+        began = time.monotonic()
+        if api == "threads":
+            reports = shop_with_threads(db, cluster, orders)
+        else:
+            reports = shop_with_tasks(env, cluster, orders)
         elapsed = time.monotonic() - began
 
-        assert not escaped, escaped[:3]
+        assert not orders.escaped, orders.escaped[:3]
         with db.writer() as s:
-            check_orders(s, initial_stock, returned, unknown)
+            check_orders(s, initial_stock, orders.returned, orders.unknown)
         stats = db.stats()
-        assert stats["failovers"] >= 3
+        if api == "threads":
+            assert stats["failovers"] >= 3
         db.close()
-        print(f"\n{engine} chaos in {elapsed:.1f} s: {len(returned)} orders acknowledged and "
-              f"present once each; {len(unknown)} with unknown outcome; not placed: "
-              f"{dict(not_placed)}; failovers: " + "; ".join(str(r) for r in reports)
-              + f"; stats {stats}")
+        print(f"\n{engine} chaos ({api}) in {elapsed:.1f} s: {len(orders.returned)} orders "
+              f"acknowledged and present once each; {len(orders.unknown)} with unknown "
+              f"outcome; not placed: {dict(orders.not_placed)}; failovers: "
+              + "; ".join(str(r) for r in reports) + f"; stats {stats}")

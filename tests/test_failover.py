@@ -15,15 +15,13 @@ from sqlalchemy import func, insert, select, text
 from aurora_access import Database, RoutingSession, TransactionReplayRequired
 from aurora_access.demo.models import Customer, Order, Stock
 from aurora_access.demo.shop import create_schema, place_order, seed
-from aurora_access.local import LocalCluster, free_port
+from aurora_access.local import LocalCluster
 from engines import settle, where
 
 
-@pytest.fixture(scope="module", params=["postgresql", "mysql"])
-def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
-    with LocalCluster(engine=request.param, readers=2, endpoint_delay_s=5.0,
-                      port=free_port()) as c:
-        yield c
+@pytest.fixture
+def cluster(failover_cluster: LocalCluster) -> LocalCluster:
+    return failover_cluster
 
 
 @pytest.fixture
