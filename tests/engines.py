@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from aurora_access import AsyncDatabase, Database, RoutingSession
+from aurora_access.demo.shop import create_schema, seed
 from aurora_access.local import LocalCluster
 
 T = TypeVar("T")
@@ -61,6 +62,19 @@ def with_async_db(cluster: LocalCluster, work: Callable[[AsyncDatabase[Any]], Aw
             await db.close()
 
     return asyncio.run(main())
+
+
+def with_demo_data(cluster: LocalCluster) -> LocalCluster:
+    """The cluster with the demo schema and rows (made if missing) on every reader."""
+    db = Database.from_env(cluster.env())
+    try:
+        create_schema(db.engine("writer"))
+        with db.writer() as s:
+            seed(s)
+    finally:
+        db.close()
+    cluster.wait_replayed()
+    return cluster
 
 
 def settle(db: Database, timeout: float = 10.0) -> None:

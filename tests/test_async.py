@@ -12,25 +12,16 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aurora_access import AsyncDatabase, Database, ReadOnlySessionError
+from aurora_access import AsyncDatabase, ReadOnlySessionError
 from aurora_access.demo.models import Customer, Product
-from aurora_access.demo.shop import create_schema, seed
 from aurora_access.local import LocalCluster
-from engines import async_where, with_async_db
+from engines import async_where, with_async_db, with_demo_data
 
 
 @pytest.fixture(scope="module")
 def cluster(engine_cluster: LocalCluster) -> LocalCluster:
     """The shared cluster with the demo schema and rows on every reader."""
-    db = Database.from_env(engine_cluster.env())
-    try:
-        create_schema(db.engine("writer"))
-        with db.writer() as s:
-            seed(s)
-    finally:
-        db.close()
-    engine_cluster.wait_replayed()
-    return engine_cluster
+    return with_demo_data(engine_cluster)
 
 
 def test_reads_on_readers_writes_on_the_writer(cluster: LocalCluster) -> None:

@@ -13,11 +13,11 @@ import pytest
 from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aurora_access import AsyncDatabase, Database, TransactionReplayRequired
+from aurora_access import AsyncDatabase, TransactionReplayRequired
 from aurora_access.demo.models import Customer, Order
-from aurora_access.demo.shop import create_schema, place_order, seed
+from aurora_access.demo.shop import place_order
 from aurora_access.local import LocalCluster
-from engines import async_where, settle, with_async_db
+from engines import async_where, with_async_db, with_demo_data
 
 FAST = {"AURORA_TOPOLOGY_REFRESH_S": "0.5"}
 SLOW = {"AURORA_TOPOLOGY_REFRESH_S": "60"}  # the monitor does not notice a failover first
@@ -26,15 +26,7 @@ SLOW = {"AURORA_TOPOLOGY_REFRESH_S": "60"}  # the monitor does not notice a fail
 @pytest.fixture
 def cluster(failover_cluster: LocalCluster) -> LocalCluster:
     """The failover cluster with the demo schema and rows on every reader."""
-    db = Database.from_env(failover_cluster.env())
-    try:
-        create_schema(db.engine("writer"))
-        with db.writer() as s:
-            seed(s)
-        settle(db)
-    finally:
-        db.close()
-    return failover_cluster
+    return with_demo_data(failover_cluster)
 
 
 def test_a_read_on_a_crashed_reader_is_retried_elsewhere(cluster: LocalCluster) -> None:

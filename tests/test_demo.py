@@ -21,11 +21,13 @@ def _args(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
+@pytest.mark.parametrize("api", ["threads", "async"])
 @pytest.mark.parametrize("engine", ["postgresql", "mysql"])
-def test_a_local_demo_loses_nothing_through_two_failovers(engine: str) -> None:
+def test_a_local_demo_loses_nothing_through_two_failovers(engine: str, api: str) -> None:
     out, live = io.StringIO(), io.StringIO()
     code = runner.run(_args("--duration", "7", "--failover-every", "3", "--threads", "4",
-                            "--products", "2000", "--engine", engine, "--json"),
+                            "--products", "2000", "--engine", engine, "--json",
+                            *(["--async"] if api == "async" else [])),
                       environ={}, out=out, live=live)
     summary = json.loads(out.getvalue())
     assert code == 0, summary

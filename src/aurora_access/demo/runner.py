@@ -2,7 +2,8 @@
 
 Without configuration it starts a local cluster (the engine of ``--engine``, 2 readers, the
 cluster endpoint lagging 5 s behind a failover as Aurora's DNS does), loads the catalogue and
-runs ``--threads`` shoppers for ``--duration`` seconds, failing the writer over every
+runs ``--threads`` shoppers (threads on a ``Database``; with ``--async``, asyncio tasks on an
+``AsyncDatabase`` in one event loop) for ``--duration`` seconds, failing the writer over every
 ``--failover-every`` seconds. With ``AURORA_CLUSTER_ENDPOINT`` set it runs against that cluster
 instead and fails it over only when ``--failover-every`` is given, through RDS's
 ``failover_db_cluster``.
@@ -17,6 +18,7 @@ after it and succeeded).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -33,12 +35,14 @@ from typing import Any, TextIO
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from ..async_database import AsyncDatabase
+from ..base import BaseDatabase
 from ..database import Database
 from ..local import LocalCluster, free_port
 from ..settings import Settings
 from .models import Order, OrderLine, Product, Stock
 from .shop import create_schema
-from .workload import Shopper, Tally, load_catalog
+from .workload import AsyncShopper, Shopper, Tally, load_catalog
 
 CUSTOMERS = 1000
 STOCK_EACH = 10_000_000  # never sold out: an order refused for stock would be noise
@@ -49,7 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--failover-every", type=float, default=None, metavar="S",
                         help="seconds between writer failovers (local default 15; against "
                              "AWS only when given)")
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=8, help="shoppers (threads, or tasks "
+                        "with --async)")
+    parser.add_argument("--async", dest="use_async", action="store_true",
+                        help="run the shoppers as asyncio tasks of one event loop, through "
+                             "AsyncDatabase")
     parser.add_argument("--products", type=int, default=20_000,
                         help="catalogue size (the case study has 500,000; 20,000 loads in "
                              "about a second)")
@@ -142,19 +150,72 @@ def run(args: argparse.Namespace, environ: dict[str, str] | None = None,
 def _traffic(db: Database, args: argparse.Namespace, failovers: Failovers | None,
              every: float | None, live: TextIO) -> dict[str, Any]:
     tally = Tally()
-    stop = threading.Event()
-    per_thread = CUSTOMERS // args.threads
-    shoppers = [Shopper(db, tally, args.products,
-                        list(range(n * per_thread + 1, (n + 1) * per_thread + 1)), seed=n)
-                for n in range(args.threads)]
-    threads = [threading.Thread(target=s.run, args=(stop,), name=f"shopper-{n}", daemon=True)
-               for n, s in enumerate(shoppers)]
-    failed_at: list[float] = []
     with db.writer() as s:
         before = _stock_and_sold(s)
-    started = time.monotonic()
+    per_shopper = CUSTOMERS // args.threads
+    customers = [list(range(n * per_shopper + 1, (n + 1) * per_shopper + 1))
+                 for n in range(args.threads)]
+    if not args.use_async:
+        stats, elapsed, failed_at = _run_threads(db, tally, customers, args, failovers, every,
+                                                 live)
+        return _summary(db, stats, tally, elapsed, failed_at, args, before)
+    db.close()  # one library instance watching the cluster, as in an async service
+    stats, elapsed, failed_at = _run_tasks(db.settings, tally, customers, args, failovers,
+                                           every, live)
+    with Database(db.settings) as checking:
+        return _summary(checking, stats, tally, elapsed, failed_at, args, before)
+
+
+def _run_threads(db: Database, tally: Tally, customers: list[list[int]],
+                 args: argparse.Namespace, failovers: Failovers | None, every: float | None,
+                 live: TextIO) -> tuple[dict[str, int], float, list[float]]:
+    """One thread per shopper, all on ``db``: (its stats, seconds run, failover times)."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=Shopper(db, tally, args.products, mine, seed=n).run,
+                                args=(stop,), name=f"shopper-{n}", daemon=True)
+               for n, mine in enumerate(customers)]
     for thread in threads:
         thread.start()
+    try:
+        elapsed, failed_at = _fail_over_meanwhile(db, tally, args, failovers, every, live)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    return db.stats(), elapsed, failed_at
+
+
+def _run_tasks(settings: Settings, tally: Tally, customers: list[list[int]],
+               args: argparse.Namespace, failovers: Failovers | None, every: float | None,
+               live: TextIO) -> tuple[dict[str, int], float, list[float]]:
+    """``--async``: one asyncio task per shopper on an AsyncDatabase of the same settings,
+    one event loop; failovers and the live view from a thread."""
+
+    async def main() -> tuple[dict[str, int], float, list[float]]:
+        async with AsyncDatabase(settings) as adb:
+            await adb.wait_ready()
+            stop = asyncio.Event()
+            tasks = [asyncio.create_task(AsyncShopper(adb, tally, args.products, mine,
+                                                      seed=n).run(stop))
+                     for n, mine in enumerate(customers)]
+            try:
+                elapsed, failed_at = await asyncio.to_thread(
+                    _fail_over_meanwhile, adb, tally, args, failovers, every, live)
+            finally:
+                stop.set()
+                await asyncio.wait_for(asyncio.gather(*tasks), 60)
+            return adb.stats(), elapsed, failed_at
+
+    return asyncio.run(main())
+
+
+def _fail_over_meanwhile(db: BaseDatabase, tally: Tally, args: argparse.Namespace,
+                         failovers: Failovers | None, every: float | None,
+                         live: TextIO) -> tuple[float, list[float]]:
+    """While the shoppers run: fail over every ``every`` seconds and show the live view, for
+    ``--duration`` seconds; (seconds run, when each failover began)."""
+    failed_at: list[float] = []
+    started = time.monotonic()
     with _live_view(db, tally, started, args.duration, failed_at, live):
         next_failover = started + every if failovers and every else float("inf")
         while (now := time.monotonic()) < started + args.duration:
@@ -164,11 +225,7 @@ def _traffic(db: Database, args: argparse.Namespace, failovers: Failovers | None
                 print(f"\ndemo: {report}", file=live)
                 next_failover += every
             time.sleep(0.05)
-        stop.set()
-        for thread in threads:
-            thread.join(60)
-    elapsed = time.monotonic() - started
-    return _summary(db, tally, elapsed, failed_at, args, before)
+    return time.monotonic() - started, failed_at
 
 
 def _stock_and_sold(session: Session) -> tuple[int, int]:
@@ -188,8 +245,9 @@ def _recovery(tally: Tally, failed_at: list[float]) -> list[float | None]:
     return recoveries
 
 
-def _summary(db: Database, tally: Tally, elapsed: float, failed_at: list[float],
-             args: argparse.Namespace, before: tuple[int, int]) -> dict[str, Any]:
+def _summary(db: Database, stats: dict[str, int], tally: Tally, elapsed: float,
+             failed_at: list[float], args: argparse.Namespace,
+             before: tuple[int, int]) -> dict[str, Any]:
     attempted = sorted(tally.attempted)
     with db.writer() as s:
         present: Counter[str] = Counter()
@@ -203,7 +261,6 @@ def _summary(db: Database, tally: Tally, elapsed: float, failed_at: list[float],
     doubled = [o for o, n in present.items()
                if n > 1 or (o not in acknowledged and o not in unknown)]
     kinds = Counter(kind for _, _, kind in tally.latencies)
-    stats = db.stats()
     return {
         "duration_s": round(elapsed, 1),
         "threads": args.threads,
@@ -256,7 +313,7 @@ def _library_log(live: TextIO) -> Iterator[None]:
 
 
 @contextmanager
-def _live_view(db: Database, tally: Tally, started: float, duration: float,
+def _live_view(db: BaseDatabase, tally: Tally, started: float, duration: float,
                failed_at: list[float],
                live: TextIO) -> Iterator[None]:
     """A status line a second: on a terminal redrawn in place, else one line each 5 s."""

@@ -1,4 +1,4 @@
-"""The demo's shop traffic: what one shopper thread does, and what it records.
+"""The demo's shop traffic: what one shopper (a thread, or an asyncio task) does and records.
 
 A shopper browses (two product pages and a search), adds to its cart, and every other round
 checks out and reads its order history right away: the read that read-your-writes must make
@@ -9,22 +9,27 @@ queue on each other's rows and a missing order can only be a stale read.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from ..async_database import AsyncDatabase
 from ..database import Database
 from ..errors import CommitOutcomeUnknown, FailoverError
 from .models import Cart, CartItem, Customer, Order, Product, Stock
 from .shop import advance_id_sequences, place_order
 
 BATCH = 5000
+T = TypeVar("T")
 
 
 def load_catalog(engine: Engine, products: int, customers: int, stock_each: int) -> None:
@@ -65,47 +70,113 @@ class Tally:
             self.latencies.append((now, now - began, kind))
 
 
-class Shopper:
-    """One thread of traffic; ``customers`` are this shopper's alone."""
+class _Shopping:
+    """What a shopper does and records, whatever runs it: a thread (``Shopper``) or an
+    asyncio task (``AsyncShopper``), which differ only in how they wait for the database.
+    ``customers`` are this shopper's alone."""
 
-    def __init__(self, db: Database, tally: Tally, products: int, customers: list[int],
-                 seed: int) -> None:
-        self.db = db
+    def __init__(self, tally: Tally, products: int, customers: list[int], seed: int) -> None:
         self.tally = tally
         self.products = products
         self.customers = customers
         self.rng = random.Random(seed)  # noqa: S311 - traffic, not secrets
+        self.turn = 0
 
-    def run(self, stop: threading.Event) -> None:
-        turn = 0
-        while not stop.is_set():
-            customer = self.customers[turn % len(self.customers)]
-            turn += 1
-            try:
-                self._round(customer, checkout=turn % 2 == 0)
-            except FailoverError as exc:  # documented: the round is abandoned, not lost
-                with self.tally.lock:
-                    name = type(exc).__name__
-                    self.tally.failed[name] = self.tally.failed.get(name, 0) + 1
-            finally:
-                self.db.forget_commits()  # the next round is a new visit
+    def next_visit(self) -> tuple[int, bool]:
+        """The customer of the next round, and whether it checks out (every other round)."""
+        self.turn += 1
+        return self.customers[(self.turn - 1) % len(self.customers)], self.turn % 2 == 0
 
-    def _round(self, customer: int, checkout: bool) -> None:
-        for _ in range(2):
-            self._op("browse", lambda s: s.get(Product, self._product()))
+    def browse(self) -> Callable[[Session], object]:
+        product = self._product()
+        return lambda s: s.get(Product, product)
+
+    def search(self) -> Callable[[Session], object]:
         prefix = f"Product {self.rng.randint(1, 99)}"
-        self._op("search", lambda s: s.scalars(
-            select(Product).where(Product.name.like(prefix + "%")).limit(20)).all())
+        return lambda s: s.scalars(
+            select(Product).where(Product.name.like(prefix + "%")).limit(20)).all()
+
+    def cart(self, customer: int) -> Callable[[Session], None]:
         product, quantity = self._product(), self.rng.randint(1, 3)
-        began = time.monotonic()  # a write: through run_transaction, replayed after a failover
-        self.db.run_transaction(lambda s: add_to_cart(s, customer, product, quantity),
-                                max_attempts=10)
-        self.tally.timed("cart", began)
-        if checkout:
-            self._checkout(customer)
+        return lambda s: add_to_cart(s, customer, product, quantity)
+
+    def new_order(self) -> str:
+        order_id = str(uuid.uuid4())
+        with self.tally.lock:
+            self.tally.attempted.add(order_id)
+        return order_id
+
+    def abandoned(self, error: FailoverError) -> None:
+        """A documented error ended the round: abandoned, not lost."""
+        with self.tally.lock:
+            name = type(error).__name__
+            self.tally.failed[name] = self.tally.failed.get(name, 0) + 1
+
+    def checked_out(self, order_id: str, items: dict[str, int], began: float,
+                    error: CommitOutcomeUnknown | None) -> bool:
+        """Record a checkout's end; True if it was acknowledged."""
+        finished = time.monotonic()
+        with self.tally.lock:
+            if error is not None:
+                self.tally.unknown[order_id] = items.get("count", 0)
+                return False
+            self.tally.acknowledged[order_id] = items.get("count", 0)
+            self.tally.checkouts.append((began, finished))
+        self.tally.timed("checkout", began)
+        return True
+
+    def history(self, customer: int, order_id: str) -> Callable[[Session], None]:
+        """The order history right after the checkout: stale if the order is missing."""
+
+        def read(s: Session) -> None:
+            recent = set(s.scalars(select(Order.id).where(Order.customer_id == customer)))
+            if order_id not in recent:
+                with self.tally.lock:
+                    self.tally.stale_reads += 1
+
+        return read
 
     def _product(self) -> int:
         return self.rng.randint(1, self.products)
+
+
+class Shopper(_Shopping):
+    """One thread of traffic."""
+
+    def __init__(self, db: Database, tally: Tally, products: int, customers: list[int],
+                 seed: int) -> None:
+        super().__init__(tally, products, customers, seed)
+        self.db = db
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            customer, checkout_too = self.next_visit()
+            try:
+                self._round(customer, checkout_too)
+            except FailoverError as exc:
+                self.abandoned(exc)
+            finally:
+                self.db.forget_commits()  # the next round is a new visit
+
+    def _round(self, customer: int, checkout_too: bool) -> None:
+        self._op("browse", self.browse())
+        self._op("browse", self.browse())
+        self._op("search", self.search())
+        began = time.monotonic()  # a write: through run_transaction, replayed after a failover
+        self.db.run_transaction(self.cart(customer), max_attempts=10)
+        self.tally.timed("cart", began)
+        if not checkout_too:
+            return
+        order_id, items = self.new_order(), dict[str, int]()
+        began = time.monotonic()
+        try:
+            self.db.run_transaction(lambda s: checkout(s, customer, order_id, items),
+                                    max_attempts=10)
+        except CommitOutcomeUnknown as exc:
+            self.checked_out(order_id, items, began, exc)
+            return
+        self.checked_out(order_id, items, began, None)
+        self._op("history", self.history(customer, order_id))
 
     def _op(self, kind: str, work: Callable[[Session], object]) -> None:
         began = time.monotonic()
@@ -113,31 +184,60 @@ class Shopper:
             work(s)
         self.tally.timed(kind, began)
 
-    def _checkout(self, customer: int) -> None:
-        order_id = str(uuid.uuid4())
-        with self.tally.lock:
-            self.tally.attempted.add(order_id)
-        items: dict[str, int] = {}
+
+class AsyncShopper(_Shopping):
+    """One asyncio task of traffic: the same rounds as ``Shopper``, the same ORM code run in
+    SQLAlchemy's greenlet (``AsyncSession.run_sync``), every wait on the event loop."""
+
+    def __init__(self, db: AsyncDatabase[Any], tally: Tally, products: int,
+                 customers: list[int], seed: int) -> None:
+        super().__init__(tally, products, customers, seed)
+        self.db = db
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            customer, checkout_too = self.next_visit()
+            try:
+                await self._round(customer, checkout_too)
+            except FailoverError as exc:
+                self.abandoned(exc)
+            finally:
+                self.db.forget_commits()  # this task's: the next round is a new visit
+
+    async def _round(self, customer: int, checkout_too: bool) -> None:
+        await self._op("browse", self.browse())
+        await self._op("browse", self.browse())
+        await self._op("search", self.search())
+        began = time.monotonic()
+        await self.db.run_transaction(_in_greenlet(self.cart(customer)), max_attempts=10)
+        self.tally.timed("cart", began)
+        if not checkout_too:
+            return
+        order_id, items = self.new_order(), dict[str, int]()
         began = time.monotonic()
         try:
-            self.db.run_transaction(lambda s: checkout(s, customer, order_id, items),
-                                    max_attempts=10)
-        except CommitOutcomeUnknown:
-            with self.tally.lock:
-                self.tally.unknown[order_id] = items.get("count", 0)
+            await self.db.run_transaction(
+                _in_greenlet(lambda s: checkout(s, customer, order_id, items)), max_attempts=10)
+        except CommitOutcomeUnknown as exc:
+            self.checked_out(order_id, items, began, exc)
             return
-        finished = time.monotonic()
-        self.tally.timed("checkout", began)
-        with self.tally.lock:
-            self.tally.acknowledged[order_id] = items.get("count", 0)
-            self.tally.checkouts.append((began, finished))
+        self.checked_out(order_id, items, began, None)
+        await self._op("history", self.history(customer, order_id))
+
+    async def _op(self, kind: str, work: Callable[[Session], object]) -> None:
         began = time.monotonic()
-        with self.db.session() as s:  # the order history, right after checking out
-            recent = set(s.scalars(select(Order.id).where(Order.customer_id == customer)))
-        self.tally.timed("history", began)
-        if order_id not in recent:
-            with self.tally.lock:
-                self.tally.stale_reads += 1
+        async with self.db.session() as s:
+            await s.run_sync(work)
+        self.tally.timed(kind, began)
+
+
+def _in_greenlet(work: Callable[[Session], T]) -> Callable[[AsyncSession], Awaitable[T]]:
+    """An async function of an AsyncSession running sync ORM code ``work`` on its session."""
+
+    async def run(s: AsyncSession) -> T:
+        return await s.run_sync(work)
+
+    return run
 
 
 def add_to_cart(session: Session, customer_id: int, product_id: int, quantity: int) -> None:
