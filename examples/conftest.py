@@ -28,9 +28,15 @@ def shop_cluster(request: pytest.FixtureRequest) -> LocalCluster:
 
 
 @pytest.fixture(scope="module")
-def shop_db(shop_cluster: LocalCluster) -> Iterator[Database]:
-    ryw_wait_ms = _ENGINES[shop_cluster.engine][1]
-    db = Database.from_env({**shop_cluster.env(), "AURORA_RYW_WAIT_MS": ryw_wait_ms})
+def shop_env(shop_cluster: LocalCluster) -> dict[str, str]:
+    """The cluster's ``AURORA_*`` variables, with the read-your-writes wait for its engine (for
+    a Database, or an AsyncDatabase, of the tests' own)."""
+    return {**shop_cluster.env(), "AURORA_RYW_WAIT_MS": _ENGINES[shop_cluster.engine][1]}
+
+
+@pytest.fixture(scope="module")
+def shop_db(shop_env: dict[str, str]) -> Iterator[Database]:
+    db = Database.from_env(shop_env)
     try:
         shop_core.create_demo_data(db)
         wait_for_readers(db)

@@ -138,25 +138,9 @@ def checkout(db: Database, customer_id: int, order_id: str | None = None) -> Che
     client may retry a checkout whose response it lost; a key another customer's order holds
     is a Conflict. Raises OutOfStock (nothing written), NotFound, BadRequest (empty cart).
     """
-    _id(customer_id, "customer")
 
     def place(s: RoutingSession) -> CheckoutOut:
-        # the lock serialises checkouts of one customer: a repeat waits, then sees the order
-        if s.get(Customer, customer_id, with_for_update=True) is None:
-            raise NotFound(f"no customer {customer_id}")
-        if order_id is not None and (existing := s.get(Order, order_id)) is not None:
-            if existing.customer_id != customer_id:
-                raise Conflict(f"order id {order_id} belongs to another customer's order")
-            return {"order_id": existing.id, "created": False}
-        items = s.scalars(select(CartItem).join(Cart)
-                          .where(Cart.customer_id == customer_id)).all()
-        if not items:
-            raise BadRequest("the cart is empty")
-        placed = place_order(s, customer_id, {i.product_id: i.quantity for i in items},
-                             order_id)
-        for item in items:
-            s.delete(item)
-        return {"order_id": placed, "created": True}
+        return checkout_cart(s, customer_id, order_id)
 
     try:
         return db.run_transaction(place)
@@ -166,6 +150,26 @@ def checkout(db: Database, customer_id: int, order_id: str | None = None) -> Che
         # another customer's checkout took this id between our look-up and our INSERT: the
         # second run finds that order and answers Conflict
         return db.run_transaction(place)
+
+
+def checkout_cart(s: Session, customer_id: int, order_id: str | None = None) -> CheckoutOut:
+    """The transaction of ``checkout``, for a transaction runner to run (and re-run): the
+    async shop runs it in ``AsyncDatabase.run_transaction``, through ``session.run_sync``."""
+    # the lock serialises checkouts of one customer: a repeat waits, then sees the order
+    if s.get(Customer, _id(customer_id, "customer"), with_for_update=True) is None:
+        raise NotFound(f"no customer {customer_id}")
+    if order_id is not None and (existing := s.get(Order, order_id)) is not None:
+        if existing.customer_id != customer_id:
+            raise Conflict(f"order id {order_id} belongs to another customer's order")
+        return {"order_id": existing.id, "created": False}
+    items = s.scalars(select(CartItem).join(Cart)
+                      .where(Cart.customer_id == customer_id)).all()
+    if not items:
+        raise BadRequest("the cart is empty")
+    placed = place_order(s, customer_id, {i.product_id: i.quantity for i in items}, order_id)
+    for item in items:
+        s.delete(item)
+    return {"order_id": placed, "created": True}
 
 
 def order_history(s: Session, customer_id: int, limit: int = 50) -> list[OrderOut]:
