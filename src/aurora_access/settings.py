@@ -59,26 +59,35 @@ region of AURORA_SECRET_ID when that is a full ARN. It is required with IAM auth
 named without its ARN. Secrets Manager is asked in ``Settings.secret_region``, which is the ARN's
 region whenever the secret is given as an ARN.
 
-Instance host pattern: Aurora names every instance ``<instance-id>.<cluster suffix>``, so for an
-Aurora endpoint (cluster, ``cluster-ro-``, ``cluster-custom-`` or instance; commercial, China and
-GovCloud domains) the pattern is derived: ``mydb.cluster-c9akciq32.us-east-1.rds.amazonaws.com``
-gives ``?.c9akciq32.us-east-1.rds.amazonaws.com``. Any other host (an IP address, ``localhost``,
-an RDS Proxy, your own DNS name) gives ``None``: no instance hosts, topology falls back to the
-endpoints.
+Instance host pattern: derived from an Aurora endpoint (``hosts.py``), else ``None``.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Final, Literal, cast, get_args
+from typing import Final, cast
 
 from .errors import ConfigError
+from .hosts import (
+    derive_instance_host_pattern,
+    instance_host,
+    is_host,
+    is_region,
+    secret_arn_region,
+)
+from .values import (
+    SECRET_FIELDS,
+    Engine,
+    ReaderSelection,
+    RywScope,
+    SslMode,
+    Values,
+    parse,
+    shown,
+)
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -93,94 +102,9 @@ __all__ = [
     "instance_host",
 ]
 
-Engine = Literal["postgresql", "mysql"]
-SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
-ReaderSelection = Literal["round_robin", "random", "least_connections", "lowest_lag"]
-RywScope = Literal["context", "process"]
-
 DEFAULT_PREFIX: Final = "AURORA_"
+_HIDDEN: Final = "***"  # what repr() and redacted() show for the password
 DEFAULT_PORTS: Final[Mapping[Engine, int]] = {"postgresql": 5432, "mysql": 3306}
-
-_ENGINES: Final[tuple[str, ...]] = get_args(Engine)
-_SSLMODES: Final[tuple[str, ...]] = get_args(SslMode)
-_READER_SELECTIONS: Final[tuple[str, ...]] = get_args(ReaderSelection)
-_RYW_SCOPES: Final[tuple[str, ...]] = get_args(RywScope)
-
-# Fields whose value must never be shown, not even when it is malformed.
-_SECRET_FIELDS: Final = frozenset({"password"})
-_HIDDEN: Final = "***"
-_NOTHING: Final = object()  # "no value to echo" in an error message
-
-_TRUE: Final = frozenset({"true", "1", "yes", "on"})
-_FALSE: Final = frozenset({"false", "0", "no", "off"})
-_INTEGER: Final = re.compile(r"[+-]?\d+")
-_DECIMAL: Final = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
-
-_LABEL: Final = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
-_HOST_NAME: Final = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
-_INSTANCE_ID: Final = re.compile(_LABEL)
-# AWS region names: us-east-1, eu-central-2, cn-northwest-1, us-gov-west-1, us-iso-east-1.
-_REGION: Final = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
-_SECRET_ARN: Final = re.compile(
-    r"arn:aws[a-z-]*:secretsmanager:(?P<region>[^:]+):\d{12}:secret:.+")
-
-# <name>.[cluster-|cluster-ro-|cluster-custom-]<id>.<region domain>: the instances are
-# <instance-id>.<id>.<region domain>. Only these kinds: an RDS Proxy (proxy-), a global (global-)
-# or a Limitless (shardgrp-) endpoint does not front instances that a client should pick itself.
-_AURORA_ENDPOINT: Final = re.compile(
-    r"""
-    [a-z0-9-]+\.
-    (?:cluster-(?:ro-|custom-)?)?
-    (?P<suffix>
-        [a-z0-9]+\.
-        (?: [a-z0-9-]+\.rds\.amazonaws\.com(?:\.cn)?
-          | rds\.[a-z0-9-]+\.(?:amazonaws\.com(?:\.cn)?|c2s\.ic\.gov|sc2s\.sgov\.gov)
-        )
-    )
-    \.?
-    """,
-    re.VERBOSE | re.IGNORECASE,
-)
-
-
-@dataclass(frozen=True)
-class _Number:
-    """What a numeric setting accepts: its type, its bounds and how to say so."""
-
-    integer: bool
-    low: float
-    low_inclusive: bool
-    high: float | None
-    accepts: str
-
-    def admits(self, value: float) -> bool:
-        above = value >= self.low if self.low_inclusive else value > self.low
-        return above and (self.high is None or value <= self.high)
-
-
-_NUMBERS: Final[Mapping[str, _Number]] = {
-    "port": _Number(True, 1, True, 65535, "an integer between 1 and 65535"),
-    "pool_size": _Number(True, 1, True, None, "an integer >= 1"),
-    "max_overflow": _Number(True, 0, True, None, "an integer >= 0"),
-    "pool_timeout": _Number(False, 0, False, None, "a number of seconds > 0"),
-    "pool_recycle": _Number(False, 0, True, None, "a number of seconds >= 0 (0 = never)"),
-    "max_replica_lag_ms": _Number(False, 0, True, None, "a number of milliseconds >= 0"),
-    "ryw_wait_ms": _Number(False, 0, True, None, "a number of milliseconds >= 0"),
-    "connect_timeout": _Number(False, 0, False, None, "a number of seconds > 0"),
-    "failover_timeout": _Number(False, 0, False, None, "a number of seconds > 0"),
-    "topology_refresh_s": _Number(False, 0, False, None, "a number of seconds > 0"),
-    "hung_timeout_s": _Number(False, 0, False, None, "a number of seconds > 0"),
-}
-_CHOICES: Final[Mapping[str, tuple[str, ...]]] = {
-    "engine": _ENGINES,
-    "sslmode": _SSLMODES,
-    "reader_selection": _READER_SELECTIONS,
-    "ryw_scope": _RYW_SCOPES,
-}
-_BOOLEANS: Final = ("iam_auth", "read_your_writes")
-_STRINGS: Final = ("cluster_endpoint", "reader_endpoint", "database", "user", "password",
-                   "region", "secret_id", "sslrootcert", "instance_host_pattern")
-
 
 def env_variable(field: str, prefix: str = DEFAULT_PREFIX) -> str:
     """The environment variable of a ``Settings`` field: ``env_variable("port")`` is AURORA_PORT.
@@ -190,54 +114,6 @@ def env_variable(field: str, prefix: str = DEFAULT_PREFIX) -> str:
     if field not in _FIELD_NAMES:
         raise ValueError(f"Settings has no field {field!r}")
     return prefix + field.upper()
-
-
-def instance_host(pattern: str, instance_id: str) -> str:
-    """The host of instance ``instance_id``: ``pattern`` with its ``?`` replaced by the id.
-
-    ``instance_host("?.c9akciq32.us-east-1.rds.amazonaws.com", "mydb-2")`` is
-    ``mydb-2.c9akciq32.us-east-1.rds.amazonaws.com``. Raises ``ValueError`` when the pattern
-    does not hold exactly one ``?`` or the id is not a DNS label (letters, digits, ``-``, ``_``).
-    """
-    if pattern.count("?") != 1:
-        raise ValueError(f"an instance host pattern holds exactly one '?', got {pattern!r}")
-    if not _INSTANCE_ID.fullmatch(instance_id):
-        raise ValueError(f"an instance id is a DNS label, got {instance_id!r}")
-    return pattern.replace("?", instance_id)
-
-
-def derive_instance_host_pattern(endpoint: str) -> str | None:
-    """The instance host pattern Aurora implies for ``endpoint``, or ``None`` for other hosts.
-
-    ``mydb.cluster-ro-c9akciq32.us-east-1.rds.amazonaws.com`` gives
-    ``?.c9akciq32.us-east-1.rds.amazonaws.com``; an IP address, ``localhost``, an RDS Proxy
-    endpoint or any other DNS name gives ``None``.
-    """
-    match = _AURORA_ENDPOINT.fullmatch(endpoint)
-    return None if match is None else f"?.{match['suffix']}"
-
-
-def _secret_arn_region(secret_id: str | None) -> str | None:
-    match = None if secret_id is None else _SECRET_ARN.fullmatch(secret_id)
-    return None if match is None else match["region"]
-
-
-def _is_host(value: str) -> bool:
-    if _HOST_NAME.fullmatch(value):
-        return True
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _shown(value: object, password: str | None) -> str:
-    """``value`` as an error message may echo it: shortened, and never carrying the password."""
-    if password and password in str(value):
-        return "a value that contains the password (not shown)"
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 @dataclass(frozen=True, init=False, repr=False)
@@ -341,15 +217,15 @@ class Settings:
         given: dict[str, object] = {"password": password}
         for field in _FIELD_NAMES:
             value = env.get(prefix + field.upper(), "").strip()
-            if value and field not in _SECRET_FIELDS:
-                given[field] = _parse(field, value, prefix, password)
+            if value and field not in SECRET_FIELDS:
+                given[field] = parse(field, value, prefix, password)
         if "region" not in given:
             for fallback in ("AWS_REGION", "AWS_DEFAULT_REGION"):
                 region = env.get(fallback, "").strip()
                 if region:
-                    if not _REGION.fullmatch(region):
+                    if not is_region(region):
                         raise ConfigError(fallback, "must be an AWS region name such as "
-                                          f"us-east-1, got {_shown(region, password)}")
+                                          f"us-east-1, got {shown(region, password)}")
                     given["region"] = region
                     break
         settings = cls.__new__(cls)
@@ -359,15 +235,15 @@ class Settings:
     @property
     def secret_region(self) -> str | None:
         """Where to ask Secrets Manager: the secret ARN's region, else ``region``."""
-        return _secret_arn_region(self.secret_id) or self.region
+        return secret_arn_region(self.secret_id) or self.region
 
     def redacted(self) -> dict[str, object]:
         """Every field by name, the password as ``'***'`` (``None`` when unset): safe for logs."""
-        shown: dict[str, object] = {}
+        safe: dict[str, object] = {}
         for field in _FIELD_NAMES:
             value = getattr(self, field)
-            shown[field] = _HIDDEN if field in _SECRET_FIELDS and value is not None else value
-        return shown
+            safe[field] = _HIDDEN if field in SECRET_FIELDS and value is not None else value
+        return safe
 
     def __repr__(self) -> str:
         body = ", ".join(f"{name}={value!r}" for name, value in self.redacted().items())
@@ -377,7 +253,7 @@ class Settings:
 
     def _resolve(self, given: Mapping[str, object], prefix: str) -> None:
         """Check ``given`` (values of the fields' types, absent or None = default) and store."""
-        values = _Values(given, prefix)
+        values = Values(given, prefix)
         engine = cast(Engine, values.choice("engine", "postgresql"))
         resolved: dict[str, object] = {"engine": engine}
         resolved |= _endpoints(values, engine)
@@ -387,83 +263,14 @@ class Settings:
             object.__setattr__(self, field, value)
 
 
-class _Values:
-    """The values given for a ``Settings``, read one field at a time with that field's checks."""
-
-    def __init__(self, given: Mapping[str, object], prefix: str) -> None:
-        self.given = given
-        self.prefix = prefix
-        password = given.get("password")
-        self.password = password if isinstance(password, str) else None
-
-    def name(self, field: str) -> str:
-        return self.prefix + field.upper()
-
-    def error(self, field: str, message: str, got: object = _NOTHING) -> ConfigError:
-        """A ``ConfigError`` naming ``field``'s variable; echoes ``got`` unless it is secret."""
-        if got is not _NOTHING and field not in _SECRET_FIELDS:
-            message = f"{message}, got {_shown(got, self.password)}"
-        return ConfigError(self.name(field), message)
-
-    def text(self, field: str) -> str | None:
-        value = self.given.get(field)
-        if value is None or value == "":
-            return None
-        if not isinstance(value, str):
-            raise self.error(field, f"must be a string, not {type(value).__name__}")
-        return value
-
-    def required_text(self, field: str, meaning: str) -> str:
-        value = self.text(field)
-        if value is None:
-            raise self.error(field, f"is required: {meaning}")
-        return value
-
-    def host(self, field: str, value: str) -> str:
-        if not _is_host(value):
-            raise self.error(field, "must be a host name or IP address (no scheme, port or path)",
-                             value)
-        return value
-
-    def choice(self, field: str, default: str) -> str:
-        value = self.given.get(field)
-        if value is None:
-            return default
-        options = _CHOICES[field]
-        if not isinstance(value, str) or value not in options:
-            raise self.error(field, f"must be one of {', '.join(options)}", value)
-        return value
-
-    def flag(self, field: str, default: bool) -> bool:
-        value = self.given.get(field)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise self.error(field, "must be true or false", value)
-        return value
-
-    def number(self, field: str, default: float) -> float:
-        value = self.given.get(field)
-        if value is None:
-            return default
-        spec = _NUMBERS[field]
-        if (isinstance(value, bool) or not isinstance(value, int | float)
-                or (spec.integer and not isinstance(value, int))
-                # isfinite() cannot take an int beyond float's range; such an int is finite.
-                or (isinstance(value, float) and not math.isfinite(value))
-                or not spec.admits(value)):
-            raise self.error(field, f"must be {spec.accepts}", value)
-        return value
-
-
-def _endpoints(values: _Values, engine: Engine) -> dict[str, object]:
+def _endpoints(values: Values, engine: Engine) -> dict[str, object]:
     cluster_endpoint = values.host("cluster_endpoint", values.required_text(
         "cluster_endpoint", "the cluster (writer) endpoint host, "
         "e.g. mydb.cluster-c9akciq32.us-east-1.rds.amazonaws.com"))
     pattern = values.text("instance_host_pattern")
     if pattern is None:
         pattern = derive_instance_host_pattern(cluster_endpoint)
-    elif pattern.count("?") != 1 or not _is_host(pattern.replace("?", "x")):
+    elif pattern.count("?") != 1 or not is_host(pattern.replace("?", "x")):
         raise values.error("instance_host_pattern", "must be a host name with exactly one '?' "
                            "standing for the instance id, e.g. "
                            "?.c9akciq32.us-east-1.rds.amazonaws.com", pattern)
@@ -477,10 +284,10 @@ def _endpoints(values: _Values, engine: Engine) -> dict[str, object]:
     }
 
 
-def _credentials(values: _Values) -> dict[str, object]:
+def _credentials(values: Values) -> dict[str, object]:
     """Who logs in and how: user, password, IAM, secret, region, TLS."""
     secret_id = values.text("secret_id")
-    arn_region = _secret_arn_region(secret_id)
+    arn_region = secret_arn_region(secret_id)
     if secret_id is not None and secret_id.startswith("arn:") and arn_region is None:
         raise values.error("secret_id", "must be a secret name or a Secrets Manager secret ARN "
                            "(arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME)", secret_id)
@@ -503,7 +310,7 @@ def _credentials(values: _Values) -> dict[str, object]:
 
     region = values.text("region") or arn_region
     also = "(from the environment, AWS_REGION or AWS_DEFAULT_REGION also serve)"
-    if region is not None and not _REGION.fullmatch(region):
+    if region is not None and not is_region(region):
         raise values.error("region", "must be an AWS region name such as us-east-1", region)
     if region is None and iam_auth:
         raise values.error("region", f"is required with {iam_on}: the cluster's region, "
@@ -534,7 +341,7 @@ def _credentials(values: _Values) -> dict[str, object]:
     }
 
 
-def _tuning(values: _Values) -> dict[str, object]:
+def _tuning(values: Values) -> dict[str, object]:
     """Pools, routing and timing."""
     return {
         "pool_size": int(values.number("pool_size", 5)),
@@ -556,26 +363,3 @@ def _tuning(values: _Values) -> dict[str, object]:
 _FIELD_NAMES: Final[tuple[str, ...]] = tuple(f.name for f in fields(Settings))
 
 
-def _parse(field: str, value: str, prefix: str, password: str | None) -> object:
-    """One non-secret environment value, as the type of its field; ``ConfigError`` if malformed.
-
-    ``password`` is only there to keep it out of the message if it was pasted into this value.
-    """
-    variable = prefix + field.upper()
-    if field in _BOOLEANS:
-        lowered = value.lower()
-        if lowered in _TRUE or lowered in _FALSE:
-            return lowered in _TRUE
-        raise ConfigError(variable, f"must be true or false (also 1/0, yes/no, on/off), "
-                          f"got {_shown(value, password)}")
-    if field in _CHOICES:
-        # Unknown spellings pass through unchanged; Settings names the accepted ones.
-        return value.lower()
-    if field in _NUMBERS:
-        spec = _NUMBERS[field]
-        pattern = _INTEGER if spec.integer else _DECIMAL
-        if not pattern.fullmatch(value):
-            raise ConfigError(variable, f"must be {spec.accepts}, got {_shown(value, password)}")
-        return int(value) if spec.integer else float(value)
-    assert field in _STRINGS, field
-    return value
