@@ -32,21 +32,13 @@ from contextlib import asynccontextmanager
 from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
-from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import shop_core as shop
-from aurora_access import (
-    AsyncDatabase,
-    CommitOutcomeUnknown,
-    Database,
-    FailoverError,
-    NoWriterAvailable,
-    TransactionReplayRequired,
-)
+from aurora_access import AsyncDatabase, Database
 from aurora_access.web import CommitTokenMiddleware
-from fastapi_shop.app import CartItemIn, CheckoutIn  # the same request bodies
+from fastapi_shop.app import CartItemIn, CheckoutIn, add_error_handlers  # shared with it
 
 router = APIRouter()
 Id = Annotated[int, Path(ge=1, le=shop.MAX_ID)]
@@ -131,29 +123,7 @@ def create_app(db: AsyncDatabase, *, close_db_on_shutdown: bool = False) -> Fast
     app.add_middleware(CommitTokenMiddleware, db=db)
     app.include_router(router)
 
-    @app.exception_handler(shop.ShopError)
-    async def shop_error(request: Request, error: shop.ShopError) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=error.status)
-
-    @app.exception_handler(shop.OutOfStock)
-    async def out_of_stock(request: Request, error: shop.OutOfStock) -> JSONResponse:
-        return JSONResponse({"detail": str(error), "product_id": error.product_id},
-                            status_code=409)
-
-    @app.exception_handler(TransactionReplayRequired)
-    @app.exception_handler(NoWriterAvailable)
-    async def failing_over(request: Request, error: FailoverError) -> JSONResponse:
-        """The writer failed over under this request and nothing of it was committed: the
-        client may send it again (checkout's run_transaction has re-run it already)."""
-        return JSONResponse({"detail": str(error)}, status_code=503,
-                            headers={"Retry-After": "1"})
-
-    @app.exception_handler(CommitOutcomeUnknown)
-    async def outcome_unknown(request: Request, error: CommitOutcomeUnknown) -> JSONResponse:
-        """A COMMIT of the request session was cut off by a failover: it may or may not have
-        happened, and only the client can tell whether sending the request again is safe."""
-        return JSONResponse({"detail": str(error), "outcome": "unknown"}, status_code=500)
-
+    add_error_handlers(app)
     return app
 
 

@@ -31,7 +31,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 import shop_core as shop
-from aurora_access import Database, RoutingSession
+from aurora_access import (
+    CommitOutcomeUnknown,
+    Database,
+    FailoverError,
+    NoWriterAvailable,
+    RoutingSession,
+    TransactionReplayRequired,
+)
 from aurora_access.web import CommitTokenMiddleware
 
 router = APIRouter()
@@ -111,18 +118,34 @@ def create_app(db: Database, *, close_db_on_shutdown: bool = False) -> FastAPI:
     app.add_middleware(CommitTokenMiddleware, db=db)
     app.include_router(router)
 
-    async def shop_error(request: Request, error: Exception) -> JSONResponse:
-        assert isinstance(error, shop.ShopError)
+    add_error_handlers(app)
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """The shop's errors as answers; a failover with nothing of the request committed is a
+    503 the client may retry (checkout's run_transaction has re-run it already), a COMMIT cut
+    off by one a 500 that says its outcome is unknown (only the client can tell whether
+    sending the request again is safe). Shared with the async shop."""
+
+    @app.exception_handler(shop.ShopError)
+    async def shop_error(request: Request, error: shop.ShopError) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=error.status)
 
-    async def out_of_stock(request: Request, error: Exception) -> JSONResponse:
-        assert isinstance(error, shop.OutOfStock)
+    @app.exception_handler(shop.OutOfStock)
+    async def out_of_stock(request: Request, error: shop.OutOfStock) -> JSONResponse:
         return JSONResponse({"detail": str(error), "product_id": error.product_id},
                             status_code=409)
 
-    app.add_exception_handler(shop.ShopError, shop_error)
-    app.add_exception_handler(shop.OutOfStock, out_of_stock)
-    return app
+    @app.exception_handler(TransactionReplayRequired)
+    @app.exception_handler(NoWriterAvailable)
+    async def failing_over(request: Request, error: FailoverError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=503,
+                            headers={"Retry-After": "1"})
+
+    @app.exception_handler(CommitOutcomeUnknown)
+    async def outcome_unknown(request: Request, error: CommitOutcomeUnknown) -> JSONResponse:
+        return JSONResponse({"detail": str(error), "outcome": "unknown"}, status_code=500)
 
 
 def app_from_env() -> FastAPI:
