@@ -106,6 +106,20 @@ def test_the_first_write_after_a_failover_just_runs(cluster: LocalCluster, how: 
     with_async_db(cluster, work, **SLOW)
 
 
+def test_reads_on_the_writer_never_reach_the_old_writer_back_as_a_reader(
+        cluster: LocalCluster) -> None:
+    async def work(db: AsyncDatabase[Any]) -> None:
+        async with db.writer() as s:
+            assert await async_where(s, cluster.engine) == (False, cluster.writer.id)
+        old = cluster.writer
+        await asyncio.to_thread(cluster.failover)
+        async with db.writer() as s:
+            assert await async_where(s, cluster.engine) == (False, cluster.writer.id)
+        assert db.topology().writer.id == cluster.writer.id != old.id
+
+    with_async_db(cluster, work, **SLOW)
+
+
 def test_a_flush_after_a_statement_ran_must_be_replayed(cluster: LocalCluster) -> None:
     async def work(db: AsyncDatabase[Any]) -> None:
         old = cluster.writer

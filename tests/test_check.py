@@ -114,6 +114,12 @@ def test_the_connection_budget_for_several_workers(
     budgets = [c for c in json.loads(out)["checks"] if c["name"].startswith("budget ")]
     assert {(c["role"], c["per_process"], c["total"], c["accepted"]) for c in budgets} == {
         ("writer", 40, 120, limit), ("reader", 20, 60, limit)}
+    # an AsyncDatabase process has one more of the library's pools (5) per instance
+    code, out = run_check(monkeypatch, capsys, engine_cluster.env(), "--json", "--workers", "3",
+                          "--async")
+    budgets = [c for c in json.loads(out)["checks"] if c["name"].startswith("budget ")]
+    assert {(c["role"], c["per_process"], c["total"]) for c in budgets} == {
+        ("writer", 50, 150), ("reader", 25, 75)}
 
 
 def _max_connections(cluster: LocalCluster) -> int:

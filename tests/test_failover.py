@@ -174,6 +174,26 @@ def test_the_first_write_after_a_failover_just_runs(db: Database, cluster: Local
         slow.close()
 
 
+def test_reads_on_the_writer_never_reach_the_old_writer_back_as_a_reader(
+        cluster: LocalCluster) -> None:
+    """The monitor has not seen the failover yet (its refresh is slow) and the old writer is
+    back, as a reader: new connections to the host the topology still has for the writer must
+    not serve the writer's reads there (they would be stale by the new writer's lag)."""
+    slow = Database.from_env({**cluster.env(), "AURORA_TOPOLOGY_REFRESH_S": "60"})
+    try:
+        with slow.writer() as s:  # pooled connections to the writer
+            assert where(s) == (False, cluster.writer.id)
+        old = cluster.writer
+        cluster.failover()  # returns once the old writer streams as a reader
+        with slow.writer() as s:
+            assert where(s) == (False, cluster.writer.id) != (False, old.id)
+        with slow.session() as s:  # a read-your-writes fallback reads on the writer too
+            s.execute(text("SELECT 1"))
+        assert slow.topology().writer.id == cluster.writer.id
+    finally:
+        slow.close()
+
+
 def test_a_flush_after_a_statement_ran_must_be_replayed(db: Database,
                                                         cluster: LocalCluster) -> None:
     """Once a statement of the write transaction has run (a row locked, read back to the

@@ -25,7 +25,7 @@ from sqlalchemy.util.concurrency import await_, greenlet_spawn, in_greenlet
 from typing_extensions import TypeVar as DefaultTypeVar
 
 from .base import STAT_NAMES, BaseDatabase
-from .blocking import Blocking
+from .blocking import Blocking, Signal
 from .consistency import CommitMark, UnitOfWork, decode_token
 from .session import RoutingSession, routing_session_class
 from .settings import Settings
@@ -56,10 +56,21 @@ class _AsyncioBlocking(Blocking):
         else:
             super().sleep(seconds)
 
+    def wait(self, signal: Signal, timeout: float | None = None) -> bool:
+        if not in_greenlet():
+            return signal.wait(timeout)
+        future = signal.future(asyncio.get_running_loop())
+        if future is None:
+            return True
+        try:
+            await_(asyncio.wait_for(future, timeout))
+        except TimeoutError:
+            return False
+        return True
+
 
 class AsyncUnitOfWork:
-    """``UnitOfWork`` for asyncio code: its ``token()`` is awaited (learning the commit's
-    position may take a query, which runs in a thread)."""
+    """``UnitOfWork`` for asyncio code: its ``token()`` is awaited."""
 
     def __init__(self, unit: UnitOfWork) -> None:
         self.unit = unit
@@ -80,8 +91,9 @@ class AsyncUnitOfWork:
         return self.unit.known_token()
 
     async def token(self) -> str | None:
-        """The token of the unit's newest commit, or None."""
-        return self.unit.known_token() or await asyncio.to_thread(lambda: self.unit.token)
+        """The token of the unit's newest commit, or None (learning its position may take a
+        query on the writer, awaited on this loop)."""
+        return self.unit.known_token() or await greenlet_spawn(lambda: self.unit.token)
 
 
 class AsyncDatabase(BaseDatabase, Generic[AsyncSessionT]):
@@ -202,11 +214,11 @@ class AsyncDatabase(BaseDatabase, Generic[AsyncSessionT]):
 
     async def commit_token(self) -> str | None:
         """The token of the newest commit made in this task (or its unit of work), or None;
-        at most one query on the writer, in a thread."""
+        at most one query on the writer, awaited on this loop."""
         mark = self._router.commits.current()
         if mark is None:
             return None
-        return self._token(mark, False) or await asyncio.to_thread(self._token, mark, True)
+        return self._token(mark, False) or await greenlet_spawn(self._token, mark, True)
 
     # -- introspection ------------------------------------------------------------------
 

@@ -57,6 +57,11 @@ class Credentials(Protocol):
         with fresh credentials can help."""
         ...
 
+    def cached(self, host: str, port: int) -> tuple[str | None, str | None] | None:
+        """What ``login`` would return, if that is known without any I/O (a password, a
+        token signed lately, a secret read before); None if ``login`` has work to do."""
+        ...
+
 
 class PasswordCredentials:
     """A fixed user and password (or none: trust, .pgpass, a client certificate)."""
@@ -70,6 +75,9 @@ class PasswordCredentials:
 
     def renew(self, host: str, port: int) -> bool:
         return False
+
+    def cached(self, host: str, port: int) -> tuple[str | None, str | None] | None:
+        return self._user, self._password
 
     def __repr__(self) -> str:
         return f"PasswordCredentials(user={self._user!r}, password='***')"
@@ -122,6 +130,12 @@ class IamTokens:
         with self._lock:
             return self._tokens.pop((host, port), None) is not None
 
+    def cached(self, host: str, port: int) -> tuple[str | None, str | None] | None:
+        cached = self._tokens.get((host, port))
+        if cached is None or self._clock() - cached[0] >= self._refresh_s:
+            return None
+        return self._user, cached[1]
+
     def __repr__(self) -> str:
         return f"IamTokens(user={self._user!r}, region={self._region!r})"
 
@@ -171,6 +185,10 @@ class SecretCredentials:
         self._read_at = time.monotonic()
         log.info("read database credentials from secret %s", self._secret_id)
         return str(user), str(password)
+
+    def cached(self, host: str, port: int) -> tuple[str | None, str | None] | None:
+        value = self._value
+        return None if value is None else (self._user or value[0], value[1])
 
     def renew(self, host: str, port: int) -> bool:
         with self._lock:

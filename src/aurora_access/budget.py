@@ -8,6 +8,8 @@ multiply: per process, at most
   monitor, read-your-writes positions, writer discovery and commit markers (one on the
   instance, one through the cluster endpoint, which leads to it);
 - a reader: its reads' pool and the library's own pool on it;
+- with ``AsyncDatabase``, one more of the library's own pools per instance: the event loop's
+  (the monitor thread keeps its own);
 
 times the worker processes of a server (gunicorn's ``--workers``, Celery's concurrency), which
 must stay below what the instance accepts (``max_connections``, which on Aurora follows the
@@ -26,12 +28,14 @@ from .topology import Role
 LIBRARY_POOL = PROBE_POOL_SIZE + PROBE_MAX_OVERFLOW
 
 
-def per_process(settings: Settings, role: Role) -> int:
-    """The most connections one process opens to an instance of ``role``."""
+def per_process(settings: Settings, role: Role, asynchronous: bool = False) -> int:
+    """The most connections one process opens to an instance of ``role`` (through an
+    ``AsyncDatabase`` if ``asynchronous``)."""
     application = settings.pool_size + settings.max_overflow
+    library = LIBRARY_POOL * (2 if asynchronous else 1)
     if role == "writer":
-        return 2 * application + 2 * LIBRARY_POOL
-    return application + LIBRARY_POOL
+        return 2 * application + 2 * library
+    return application + library
 
 
 @dataclass(frozen=True)
@@ -57,5 +61,6 @@ class Budget:
         return f"{self.workers} process(es) x {self.each} = {self.total} of {limit}"
 
 
-def budget(settings: Settings, role: Role, workers: int, accepted: int | None) -> Budget:
-    return Budget(role, workers, per_process(settings, role), accepted)
+def budget(settings: Settings, role: Role, workers: int, accepted: int | None,
+           asynchronous: bool = False) -> Budget:
+    return Budget(role, workers, per_process(settings, role, asynchronous), accepted)

@@ -55,9 +55,11 @@ _RYW = {"log position": "read-your-writes by log position",
         "off": "read-your-writes off"}
 
 
-def run_check(environ: Mapping[str, str] | None = None, workers: int = 1) -> Report:
+def run_check(environ: Mapping[str, str] | None = None, workers: int = 1,
+              asynchronous: bool = False) -> Report:
     """Check the configuration in ``environ`` (default ``os.environ``) against its cluster;
-    ``workers``: the processes that will use it, for the connection budget."""
+    ``workers``: the processes that will use it, for the connection budget (through
+    ``AsyncDatabase`` if ``asynchronous``)."""
     report = Report()
     settings = _read_settings(report, environ)
     if settings is None:
@@ -65,7 +67,7 @@ def run_check(environ: Mapping[str, str] | None = None, workers: int = 1) -> Rep
     if not _resolve_endpoints(settings, report):
         report.add("skip", "topology", "the cluster endpoint does not resolve")
         return report
-    _check_cluster(settings, report, workers)
+    _check_cluster(settings, report, workers, asynchronous)
     return report
 
 
@@ -124,7 +126,8 @@ def _resolve(report: Report, name: str, field: str, settings: Settings) -> bool:
 # -- the cluster through the library ---------------------------------------------------------
 
 
-def _check_cluster(settings: Settings, report: Report, workers: int = 1) -> None:
+def _check_cluster(settings: Settings, report: Report, workers: int = 1,
+                   asynchronous: bool = False) -> None:
     """Log in and discover as an application would, then check every instance and the
     login mode. A failed start leaves the instances unknown: they are skipped."""
     began = time.perf_counter()
@@ -144,7 +147,7 @@ def _check_cluster(settings: Settings, report: Report, workers: int = 1) -> None
             report.secrets |= witness.secrets
         for probe in probes:
             _report_instance(settings, probe, report)
-        _report_budget(settings, probes, workers, report)
+        _report_budget(settings, probes, workers, report, asynchronous)
         _report_auth(db, probes, witness, report)
     finally:
         db.close()
@@ -215,6 +218,9 @@ class _Witness:
 
     def renew(self, host: str, port: int) -> bool:
         return self._credentials.renew(host, port)
+
+    def cached(self, host: str, port: int) -> tuple[str | None, str | None] | None:
+        return None  # every login through ``login``, to be noted
 
 
 def _probe_instances(db: Database, credentials: Credentials) -> list[_Probe]:
@@ -322,12 +328,12 @@ def _instance_status(settings: Settings, probe: _Probe) -> tuple[Status, list[st
 
 
 def _report_budget(settings: Settings, probes: list[_Probe], workers: int,
-                   report: Report) -> None:
+                   report: Report, asynchronous: bool = False) -> None:
     """The connection budget of ``workers`` processes against each instance's limit: warn
     where it can be exceeded (see ``budget.py``)."""
     for probe in probes:
         instance = probe.instance
-        plan = budget(settings, instance.role, workers, probe.max_connections)
+        plan = budget(settings, instance.role, workers, probe.max_connections, asynchronous)
         status: Status = "warn" if plan.exceeded else "ok"
         advice = (f": lower {env_variable('pool_size')}/{env_variable('max_overflow')} "
                   "or the workers, or use a larger instance class") if plan.exceeded else ""

@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--workers", type=int, default=1, metavar="N",
                        help="processes that will use this configuration (gunicorn --workers): "
                        "the connection budget is checked for them (default 1)")
+    check.add_argument("--async", dest="use_async", action="store_true",
+                       help="the processes use AsyncDatabase (one more pool of the library's "
+                       "per instance)")
     local = commands.add_parser("local", help="a local Aurora-like cluster for development")
     actions = local.add_subparsers(dest="action", required=True)
     dir_help = "state and data directory (default: $AURORA_LOCAL_DIR or %(default)s)"
@@ -128,7 +131,7 @@ def _check(args: argparse.Namespace) -> int:
     gets its one line on stderr."""
     if args.workers < 1:
         raise AuroraAccessError(f"--workers must be at least 1, not {args.workers}")
-    report = run_check(workers=args.workers)
+    report = run_check(workers=args.workers, asynchronous=args.use_async)
     print(report.as_json() if args.json else report.text())
     if report.exit_code:
         failed = ", ".join(check.name for check in report.failures)

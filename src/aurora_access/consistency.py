@@ -41,6 +41,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Literal
 
+from .blocking import Blocking, Signal
 from .errors import InvalidCommitToken
 
 Scope = Literal["context", "process"]
@@ -77,12 +78,13 @@ def newest(marks: list[CommitMark | None]) -> CommitMark | None:
 class WriterPositions:
     """Observations of the writer's log position, newest first, shared by all contexts."""
 
-    def __init__(self, observe: Callable[[], int | None]) -> None:
+    def __init__(self, observe: Callable[[], int | None],
+                 blocking: Blocking | None = None) -> None:
         self._observe = observe
+        self.blocking = blocking or Blocking()
         self._lock = threading.Lock()
         self._latest: tuple[int, int] | None = None  # (began_ns, position)
-        self._in_flight: threading.Event | None = None
-        self._in_flight_began = 0
+        self._in_flight: Signal | None = None
 
     def record(self, began_ns: int, position: int) -> None:
         with self._lock:
@@ -107,7 +109,10 @@ class WriterPositions:
     def position_after(self, committed_ns: int, timeout: float) -> int | None:
         """A writer position observed after ``committed_ns``; observes one if none is known.
 
-        Concurrent callers share one observation. None if the writer could not be asked.
+        One question at a time: callers whose commit the question under way covers (it
+        began after the commit) wait for its answer; the others wait for it to end and then
+        share the next one. So a busy writer is asked once per round trip, not once per
+        commit, over one connection. None if the writer could not be asked in time.
         """
         deadline = time.monotonic() + timeout
         while True:
@@ -115,20 +120,18 @@ class WriterPositions:
                 if self._latest is not None and self._latest[0] >= committed_ns:
                     return self._latest[1]
                 waiting = self._in_flight
-                if waiting is None or self._in_flight_began < committed_ns:
-                    waiting = None
-                    self._in_flight = done = threading.Event()
-                    self._in_flight_began = began = time.monotonic_ns()
+                if waiting is None:
+                    self._in_flight = done = Signal()
+                    began = time.monotonic_ns()
             if waiting is not None:
-                if not waiting.wait(max(0.0, deadline - time.monotonic())):
+                if not self.blocking.wait(waiting, max(0.0, deadline - time.monotonic())):
                     return None
-                continue
+                continue  # answered: covered by it, else sharing (or asking) the next one
             try:
                 position = self._observe()
             finally:
                 with self._lock:
-                    if self._in_flight is done:
-                        self._in_flight = None
+                    self._in_flight = None
                 done.set()
             if position is None:
                 return None
@@ -141,7 +144,8 @@ class ReplicaPositions:
     questions asked for it: one at a time per reader, shared by every read waiting for it (200
     waiting reads ask a reader once, not 200 times)."""
 
-    def __init__(self) -> None:
+    def __init__(self, blocking: Blocking | None = None) -> None:
+        self.blocking = blocking or Blocking()
         self._known: dict[str, int] = {}
         self._lock = threading.Lock()
         self._asking: dict[str, _Question] = {}
@@ -155,7 +159,7 @@ class ReplicaPositions:
             if question is None:
                 question = self._asking[instance_id] = _Question()
         if not mine:
-            question.answered.wait()
+            self.blocking.wait(question.answered)
             if question.error is not None:
                 raise question.error
             return question.position
@@ -186,7 +190,7 @@ class _Question:
     """A replay position asked of one reader, awaited by those who would have asked too."""
 
     def __init__(self) -> None:
-        self.answered = threading.Event()
+        self.answered = Signal()
         self.position: int | None = None
         self.error: BaseException | None = None
 

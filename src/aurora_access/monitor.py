@@ -58,7 +58,7 @@ class ClusterMonitor:
         #: set by the Database: whether the commit markers' table exists (to clean it up)
         self.markers_ready: Callable[[], bool] = lambda: False
         router.request_refresh = self._wake.set
-        router.writer_positions = WriterPositions(self.writer_position)
+        router.writer_positions = WriterPositions(self.writer_position, router.blocking)
         router.replica_position = self.replica_position
         router.instance_failed = self.instance_failed
         pools.on_disconnect = self.host_down

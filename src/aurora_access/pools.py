@@ -30,20 +30,23 @@ from typing import Any, Literal
 
 from sqlalchemy import URL, Engine, create_engine, event, exc
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.util.concurrency import in_greenlet
 
 from .auth import Credentials
 from .blocking import Blocking
-from .dialects import EngineDialect
+from .dialects import EngineDialect, takes_writes
 from .settings import Settings
 from .topology import Instance
 
 log = logging.getLogger("aurora_access")
 
-Kind = Literal["transactions", "autocommit", "probes"]
+Kind = Literal["transactions", "autocommit", "probes", "async_probes"]
 #: the library's own pool per host: the monitor, one read-your-writes position query at a time
-#: per host (concurrent waiters share it), writer discovery, commit markers
-PROBE_POOL_SIZE = 1
-PROBE_MAX_OVERFLOW = 4
+#: per host (concurrent waiters share it), writer discovery, commit markers; kept connections
+#: for the monitor and one position query, so that a busy service does not open and close
+#: them all the time (an overflow connection is closed when it is returned)
+PROBE_POOL_SIZE = 2
+PROBE_MAX_OVERFLOW = 3
 # how long after a host's connections were lost a refused login there is taken for the
 # instance having been rebuilt or replaced rather than for wrong credentials
 _CHANGE_WINDOW_S = 60.0
@@ -73,10 +76,11 @@ class InstancePools:
     when a connection to a host turns out dead, so the router can stop sending reads there at
     once instead of at the next topology refresh.
 
-    ``asynchronous``: the application's engines (not the probes: the monitor is a thread)
-    are asyncio engines; what this class hands out of them is their sync facade
-    (``AsyncEngine.sync_engine``), which an AsyncSession's sync session binds to. Logins go
-    through ``blocking`` (signing an IAM token, reading a secret: in a thread, for them).
+    ``asynchronous``: the application's engines, and the probes asked from inside
+    SQLAlchemy's greenlet (not the monitor thread's), are asyncio engines; what this class
+    hands out of them is their sync facade (``AsyncEngine.sync_engine``), which an
+    AsyncSession's sync session binds to. Logins that have work to do go through
+    ``blocking`` (signing an IAM token, reading a secret: in a thread, for asyncio).
     Disposing of an asyncio engine closes its connections on its event loop.
     """
 
@@ -95,6 +99,9 @@ class InstancePools:
         self.on_disconnect = on_disconnect
         #: called when a transaction commits on a ``tracked_engine``
         self.on_commit: Callable[[], object] | None = None
+        #: the writer's host as the topology has it (None before the start): a new connection
+        #: of the application's to that host is checked to be the writer's still
+        self.writer_host: Callable[[], str | None] = lambda: None
         self._lock = threading.Lock()
         self._engines: dict[tuple[str, int, Kind], Engine] = {}
         self._snapshot: dict[tuple[str, int], Engine] = {}
@@ -128,7 +135,12 @@ class InstancePools:
         return self._engine(host, port, "autocommit")
 
     def probe_engine(self, host: str, port: int) -> Engine:
-        """The library's own autocommit engine on a host, for one-statement probes."""
+        """The library's own autocommit engine on a host, for one-statement probes, of the
+        caller's kind: inside SQLAlchemy's greenlet (an AsyncSession's work), an asyncio
+        engine's sync facade, whose I/O is awaited on the event loop; elsewhere (the monitor
+        thread, the sync Database) a sync engine."""
+        if self._asynchronous and in_greenlet():
+            return self._engine(host, port, "async_probes")
         return self._engine(host, port, "probes")
 
     def _engine(self, host: str, port: int, kind: Kind) -> Engine:
@@ -185,8 +197,8 @@ class InstancePools:
     def _make(self, host: str, port: int, kind: Kind) -> Engine:
         s = self._settings
         autocommit = kind != "transactions"
-        probes = kind == "probes"
-        asynchronous = self._asynchronous and not probes
+        probes = kind in ("probes", "async_probes")
+        asynchronous = self._asynchronous and kind != "probes"
         options: dict[str, Any] = {
             "pool_size": PROBE_POOL_SIZE if probes else s.pool_size,
             "max_overflow": PROBE_MAX_OVERFLOW if probes else s.max_overflow,
@@ -209,35 +221,11 @@ class InstancePools:
         else:
             engine = create_engine(self.url(host, port), **options)
         self._dialect.prepare_engine(engine)
-        credentials, ours, blocking = self._credentials, self._dialect, self._blocking
+        for_writer = not probes  # the application's connections, which may be the writer's
 
         @event.listens_for(engine, "do_connect")
         def _login(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
-            # an IAM token's first signing makes a boto3 client, a secret is read over the
-            # network: through ``blocking``, which keeps an event loop free
-            _apply(blocking.run(credentials.login, host, port), cparams)
-            try:
-                try:
-                    connection = dialect.connect(*cargs, **cparams)
-                except Exception as error:
-                    if not ours.is_auth_failure(error) or not credentials.renew(host, port):
-                        raise
-                    log.info("login to %s:%s refused; trying once more with fresh "
-                             "credentials", host, port)
-                    _apply(blocking.run(credentials.login, host, port), cparams)
-                    connection = dialect.connect(*cargs, **cparams)
-            except Exception as error:
-                if self._changed(host) and ours.is_auth_failure(error):
-                    # it took these credentials before, then lost its connections: the
-                    # instance was rebuilt or replaced (a failover), which is the instance
-                    # failing, not a wrong configuration
-                    raise ours.lost_connection_error(
-                        f"{host}:{port} refused a login it accepted before (an instance "
-                        "rebuilt or replaced)") from error
-                raise
-            self._accepted.add(host)
-            ours.connected(connection)
-            return connection
+            return self._connect(dialect, cargs, cparams, host, port, for_writer)
 
         # A pool event, not an engine one: engine events (handle_error) take every
         # statement off SQLAlchemy's fast path (about 80 us of CPU a read, measured)
@@ -273,6 +261,45 @@ class InstancePools:
             in_use.discard(dbapi_connection)
 
         return engine
+
+    def _connect(self, dialect: Any, cargs: Any, cparams: dict[str, Any], host: str, port: int,
+                 for_writer: bool) -> Any:
+        """A new DBAPI connection to ``host:port``, logged in with the credentials (and once
+        more with fresh ones if refused); one of the application's to the host the topology
+        has for the writer must still take writes."""
+        credentials, ours, blocking = self._credentials, self._dialect, self._blocking
+        # an IAM token's first signing makes a boto3 client, a secret is read over the
+        # network: through ``blocking``, which keeps an event loop free; what is known
+        # already (a password, a token signed lately) costs no thread
+        _apply(credentials.cached(host, port) or blocking.run(credentials.login, host, port),
+               cparams)
+        try:
+            try:
+                connection = dialect.connect(*cargs, **cparams)
+            except Exception as error:
+                if not ours.is_auth_failure(error) or not credentials.renew(host, port):
+                    raise
+                log.info("login to %s:%s refused; trying once more with fresh "
+                         "credentials", host, port)
+                _apply(blocking.run(credentials.login, host, port), cparams)
+                connection = dialect.connect(*cargs, **cparams)
+        except Exception as error:
+            if self._changed(host) and ours.is_auth_failure(error):
+                # it took these credentials before, then lost its connections: the
+                # instance was rebuilt or replaced (a failover), which is the instance
+                # failing, not a wrong configuration
+                raise ours.lost_connection_error(
+                    f"{host}:{port} refused a login it accepted before (an instance "
+                    "rebuilt or replaced)") from error
+            raise
+        self._accepted.add(host)
+        ours.connected(connection)
+        if for_writer and self.writer_host() == host and not takes_writes(ours, connection):
+            # the host the topology has for the writer no longer is: a failover the
+            # monitor has not seen yet, the old writer back as a reader (its reads stale)
+            connection.close()
+            raise ours.lost_connection_error(f"{host}:{port} no longer takes writes")
+        return connection
 
     def abort_in_use(self, host: str) -> int:
         """Cut every connection to ``host`` now in use (a hung instance); returns how many."""

@@ -12,10 +12,11 @@ served when no reader has them yet:
 
 Shared by every session of one Database; holds the cluster state the monitor keeps current
 (topology, unhealthy readers, positions). Free of I/O of its own: it asks the callables it is
-given (the writer's position, a reader's replay position, starting the Database), through
-``blocking``, which says how to wait: the sync Database calls them directly; the asyncio one
-runs them in a thread and sleeps with asyncio, from inside SQLAlchemy's greenlet, so that no
-wait of the router's blocks the event loop.
+given (the writer's position, a reader's replay position, starting the Database), and waits
+through ``blocking`` (blocking.py). Log positions are asked directly: the library's engines
+are of the caller's kind (inside an AsyncSession's greenlet, asyncio ones), so those queries,
+the hot path of read-your-writes, hold no thread and no event loop. Starting and writer
+discovery go through ``blocking.run`` (for asyncio, a thread).
 """
 
 from __future__ import annotations
@@ -53,15 +54,18 @@ class Router:
     def __init__(self, settings: Settings, dialect: EngineDialect, pools: InstancePools,
                  stats: Stats,
                  observe_writer_position: Callable[[], int | None] = lambda: None,
-                 replica_position: Callable[[Instance], int | None] = lambda r: None) -> None:
+                 replica_position: Callable[[Instance], int | None] = lambda r: None,
+                 blocking: Blocking | None = None) -> None:
         self.settings = settings
         self.dialect = dialect
         self.pools = pools
         self.stats = stats
         self.commits = CommitTracker(settings.ryw_scope)
-        self.writer_positions = WriterPositions(observe_writer_position)
+        #: how the core waits (the sync Database: in the calling thread)
+        self.blocking = blocking or Blocking()
+        self.writer_positions = WriterPositions(observe_writer_position, self.blocking)
         self.replica_position = replica_position  # raises if the reader does not answer
-        self.replica_positions = ReplicaPositions()
+        self.replica_positions = ReplicaPositions(self.blocking)
         self.topology: Topology | None = None
         self.writer_engine: Engine | None = None  # the current writer's, kept at hand
         self.topology_at_ns = 0  # when the topology (and its lag figures) was read
@@ -70,7 +74,6 @@ class Router:
         # then goes by reported replica lag (see consistency.py)
         self.lag_mode = False
         self.request_refresh: Callable[[], None] = lambda: None
-        self.blocking = Blocking()
         # set by Database: connect and discover on first use (construction does no I/O)
         self.start: Callable[[], None] = lambda: None
         # set by Database: what to do when an instance fails under a session
@@ -205,9 +208,8 @@ class Router:
             if mark.ignored:
                 continue
             if mark.position is None:
-                mark.position = self.blocking.run(self.writer_positions.position_after,
-                                                  mark.committed_ns,
-                                                  self.settings.connect_timeout)
+                mark.position = self.writer_positions.position_after(
+                    mark.committed_ns, self.settings.connect_timeout)
                 if mark.position is None:
                     return None
             needed = max(needed, mark.position)
@@ -220,8 +222,8 @@ class Router:
         assert mark.position is not None
         latest = self.writer_positions.latest()
         if latest is None or mark.position > latest:
-            latest = self.blocking.run(self.writer_positions.position_after,
-                                       time.monotonic_ns(), self.settings.connect_timeout)
+            latest = self.writer_positions.position_after(time.monotonic_ns(),
+                                                          self.settings.connect_timeout)
         mark.from_token = False  # checked, once
         if latest is not None and mark.position > latest:
             mark.ignored = True
@@ -232,8 +234,8 @@ class Router:
 
     def _replica_reached(self, reader: Instance, needed: int) -> bool:
         try:
-            position = self.blocking.run(self.replica_positions.observe, reader.id,
-                                         lambda: self.replica_position(reader))
+            position = self.replica_positions.observe(reader.id,
+                                                      lambda: self.replica_position(reader))
         except Exception as exc:
             log.warning("reader %s did not answer its replay position: %s", reader.id,
                         type(exc).__name__)

@@ -85,7 +85,8 @@ class TransactionRunner:
     def _run_once(self, fn: Callable[[RoutingSession], T]) -> T:
         for attempt in range(READ_RETRIES + 1):
             try:
-                self._router.blocking.run(self._ensure_commit_markers)
+                if not self.markers_ready:  # once per writer: no thread to learn it is done
+                    self._router.blocking.run(self._ensure_commit_markers)
                 break
             except DBAPIError as error:  # before the transaction: nothing to replay yet
                 writer = self._router.current_topology().writer

@@ -31,6 +31,8 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapp
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
+from sqlalchemy.util.concurrency import greenlet_spawn
+
 from .consistency import CommitMark, UnitOfWork
 from .errors import AuroraAccessError, InvalidCommitToken
 
@@ -135,6 +137,14 @@ class CommitTokenMiddleware:
         self.app = app
         self._tokens = _CommitTokens(db, cookie_name, header_name, secure, max_age, path)
         self._header_key = header_name.lower().encode("latin-1")
+        self._asynchronous = bool(getattr(db, "asynchronous", False))
+
+    async def _learn_token(self, unit: UnitOfWork) -> str | None:
+        """The unit's token when its commit's position must be asked of the writer: an
+        AsyncDatabase's query is awaited on the loop, a Database's runs in a thread."""
+        if self._asynchronous:
+            return await greenlet_spawn(_token_or_none, unit)
+        return await asyncio.to_thread(_token_or_none, unit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -154,8 +164,7 @@ class CommitTokenMiddleware:
                 if message["type"] == "http.response.start":
                     started.append(unit.latest)
                 if message["type"] == "http.response.start" and unit.committed:
-                    # learning the commit's position may take a query: not on the event loop
-                    token = unit.known_token() or await asyncio.to_thread(_token_or_none, unit)
+                    token = unit.known_token() or await self._learn_token(unit)
                     extra = self._tokens.response_headers(unit, token)
                     if extra:
                         message = dict(message)

@@ -69,6 +69,19 @@ class EngineDialect(Protocol):
         when it runs in clear; read from the driver, no round trip."""
 
 
+def takes_writes(dialect: EngineDialect, dbapi_connection: Any) -> bool:
+    """Whether the instance of a new DBAPI connection (sync, or SQLAlchemy's asyncio adapter
+    of one, inside its greenlet) takes writes; leaves no transaction open."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(dialect.is_writer_sql)
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    dbapi_connection.rollback()
+    return bool(row and row[0])
+
+
 def for_engine(name: str) -> EngineDialect:
     if name == "postgresql":
         return PostgresDialect()
