@@ -14,7 +14,11 @@ thread, each committing ``UPDATE ... RETURNING aurora_db_instance_identifier()``
   FailoverSuccessError / TransactionResolutionUnknownError;
 - plain SQLAlchemy through the cluster endpoint (``pool_pre_ping=True``), reconnecting (pool
   disposed) and retrying every 10 ms after any error: without the dispose, a pooled connection
-  to the demoted writer answers pings and fails every write read-only, for good.
+  to the demoted writer answers pings and fails every write read-only, for good;
+- aurora-access's ``AsyncDatabase``: an event loop in its own thread, ``--async-tasks`` tasks
+  (default 4) each committing the same statement on a row of its own through ``await
+  db.run_transaction`` (continuous async traffic); its first commit on the new writer, by any
+  task, is its recovery (``--no-async`` leaves it out).
 
 Each trial crashes the writer (``LocalCluster.failover``) and measures, per client, the time from
 the crash to its first commit that reports the new writer's id. Medians over the trials. With
@@ -30,10 +34,11 @@ no UPDATE ... RETURNING).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -43,8 +48,9 @@ from aws_advanced_python_wrapper.errors import (
     TransactionResolutionUnknownError,
 )
 from sqlalchemy import create_engine, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from aurora_access import Database
+from aurora_access import AsyncDatabase, Database
 from aurora_access.local import LocalCluster, free_port
 
 UPDATE = ("UPDATE bench_counter SET n = n + 1 WHERE client = %s "
@@ -55,8 +61,9 @@ MYSQL_UPDATE = "UPDATE bench_counter SET n = n + 1 WHERE client = '{}'"
 class Client:
     """A writing loop that records (commit time, instance id) of every commit."""
 
-    def __init__(self, name: str, write: Callable[[], str]) -> None:
+    def __init__(self, name: str, write: Callable[[], str], short: str | None = None) -> None:
         self.name = name
+        self.short = short or name.split(" ", maxsplit=1)[0]  # in the trial lines
         self.write = write
         self.commits: list[tuple[float, str]] = []
         self.errors = 0
@@ -74,10 +81,47 @@ class Client:
             self.commits.append((time.monotonic(), instance))
 
     def recovered_after(self, crashed_at: float, new_writer: str) -> float | None:
-        for at, instance in self.commits:
+        for at, instance in list(self.commits):
             if at > crashed_at and instance == new_writer:
                 return at - crashed_at
         return None
+
+
+class AsyncClient(Client):
+    """A Client whose thread runs an event loop: an AsyncDatabase made on it and ``tasks``
+    tasks, each committing ``write_and_tell`` on a row of its own through ``await
+    db.run_transaction`` in a loop; every task's commits are recorded."""
+
+    def __init__(self, name: str, env: dict[str, str], tasks: int,
+                 write_and_tell: Callable[[AsyncSession, str], Awaitable[str]]) -> None:
+        super().__init__(name, lambda: "", short="AsyncDatabase")
+        self.env = env
+        self.tasks = tasks
+        self.write_and_tell = write_and_tell
+        self.stats: dict[str, int] = {}
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), name=name,
+                                       daemon=True)
+
+    async def _main(self) -> None:
+        db: AsyncDatabase[AsyncSession] = AsyncDatabase.from_env(self.env)
+        try:
+            await asyncio.gather(*(self._task(db, f"async{i}") for i in range(self.tasks)))
+        finally:
+            self.stats = db.stats()
+            await db.close()
+
+    async def _task(self, db: AsyncDatabase[AsyncSession], row: str) -> None:
+        async def write(s: AsyncSession) -> str:
+            return await self.write_and_tell(s, row)
+
+        while not self.stop.is_set():
+            try:
+                instance = await db.run_transaction(write, max_attempts=10)
+            except Exception:
+                self.errors += 1
+                await asyncio.sleep(0.01)
+                continue
+            self.commits.append((time.monotonic(), instance))
 
 
 def main() -> None:
@@ -87,6 +131,9 @@ def main() -> None:
     parser.add_argument("--hang", action="store_true",
                         help="freeze the old writer instead of crashing it")
     parser.add_argument("--engine", choices=["postgresql", "mysql"], default="postgresql")
+    parser.add_argument("--async-tasks", type=int, default=4,
+                        help="tasks committing through AsyncDatabase.run_transaction")
+    parser.add_argument("--no-async", action="store_true", help="leave AsyncDatabase out")
     args = parser.parse_args()
     mysql = args.engine == "mysql"
 
@@ -98,6 +145,8 @@ def main() -> None:
                            "n int NOT NULL)"))
             c.execute(text("INSERT INTO bench_counter VALUES ('aurora', 0), ('peer', 0), "
                            "('plain', 0)"))
+            for i in range(args.async_tasks):
+                c.execute(text(f"INSERT INTO bench_counter VALUES ('async{i}', 0)"))
         setup.dispose()
         db = Database.from_env(cluster.env())
         peer = None if mysql else _peer_connection(cluster)
@@ -110,6 +159,13 @@ def main() -> None:
                 conn.execute(text(MYSQL_UPDATE.format(client)))
                 return str(conn.execute(text("SELECT @@server_id")).scalar())
             return str(conn.execute(text(UPDATE.replace("%s", f"'{client}'"))).scalar())
+
+        async def async_write_and_tell(s: AsyncSession, client: str) -> str:
+            """``write_and_tell`` on an AsyncSession."""
+            if mysql:
+                await s.execute(text(MYSQL_UPDATE.format(client)))
+                return str((await s.execute(text("SELECT @@server_id"))).scalar())
+            return str((await s.execute(text(UPDATE.replace("%s", f"'{client}'")))).scalar())
 
         def aurora_write() -> str:
             return db.run_transaction(lambda s: write_and_tell(s, "aurora"), max_attempts=10)
@@ -139,7 +195,11 @@ def main() -> None:
                    *([] if mysql else [Client(
                        "aws-advanced-python-wrapper (failover_v2, aggressive)", peer_write)]),
                    Client(f"plain SQLAlchemy via the cluster endpoint "
-                          f"(DNS lag {args.endpoint_delay:g} s)", plain_write)]
+                          f"(DNS lag {args.endpoint_delay:g} s)", plain_write),
+                   *([] if args.no_async else [AsyncClient(
+                       f"aurora-access AsyncDatabase ({args.engine}, {args.async_tasks} tasks "
+                       "committing through await db.run_transaction)", cluster.env(),
+                       args.async_tasks, async_write_and_tell)])]
         for client in clients:
             client.thread.start()
         results: dict[str, list[float | None]] = {c.name: [] for c in clients}
@@ -155,8 +215,7 @@ def main() -> None:
                 results[client.name].append(
                     client.recovered_after(crashed_at, report.new_writer))
             print(f"trial {trial + 1}: {report}; " + "; ".join(
-                f"{c.name.split(' ')[0]} {_fmt(results[c.name][-1])}" for c in clients),
-                flush=True)
+                f"{c.short} {_fmt(results[c.name][-1])}" for c in clients), flush=True)
             if args.hang:  # the frozen old writer comes back as a reader for the next trial
                 cluster.crash(report.old_writer)
                 cluster.rejoin(report.old_writer)
@@ -180,6 +239,9 @@ def main() -> None:
         print(f"| {client.name} | {median} | {', '.join(_fmt(v) for v in values)} | "
               f"{client.errors} |")
     print(f"\naurora-access stats: {stats}")
+    for client in clients:
+        if isinstance(client, AsyncClient):
+            print(f"AsyncDatabase stats: {client.stats}")
 
 
 def _fmt(value: float | None) -> str:

@@ -1,6 +1,6 @@
 """Every side-by-side measurement in one run, written into benchmarks/RESULTS.md.
 
-Run: .venv/bin/python benchmarks/run_all.py [--quick]
+Run: .venv/bin/python benchmarks/run_all.py [--quick] [--only TEXT] [--output FILE]
 
 Runs, one after another on this machine (each starts and stops its own local clusters):
 
@@ -9,17 +9,31 @@ Runs, one after another on this machine (each starts and stops its own local clu
    transactions (``routing_overhead.py``, PostgreSQL; then MySQL, where the peer has no PyMySQL
    support);
 2. failover recovery vs that wrapper (failover_v2, aggressive settings) and vs a plain engine
-   reconnecting through the cluster endpoint with 5 s of DNS lag (``failover_recovery.py``,
-   both engines);
+   reconnecting through the cluster endpoint with 5 s of DNS lag, with ``AsyncDatabase``'s
+   (``await db.run_transaction`` under continuous async traffic) beside the sync figure
+   (``failover_recovery.py``, both engines);
 3. demo throughput with 0, 1 and 2 readers (``aurora-access demo --failover-every 0``);
 4. connect cost with IAM, cached and signed each time (``iam_connect.py``);
 5. the local cluster's own timings (``local_cluster.py``, both engines);
 6. a ``commit(); return obj`` web endpoint under uvicorn against a plain single-engine app, at
-   0, 50 and 200 ms of replica lag (``web_commit_latency.py``, PostgreSQL).
+   0, 50 and 200 ms of replica lag (``web_commit_latency.py``, PostgreSQL);
+7. asyncio: ``AsyncDatabase``'s routed reads and writes vs plain async SQLAlchemy (per-op
+   latency against a raw driver's ``SELECT 1`` floor, and read-after-write throughput with 1,
+   50 and 200 tasks; ``async_routing.py``, both engines);
+8. event loop lag under ``AsyncDatabase`` vs plain async SQLAlchemy, 200 tasks writing and
+   reading back under replica lag, steady and through a writer failover, paced at 200
+   operations/s (what the loop's delay says about blocking) and as fast as they go (where it
+   says how much CPU an operation takes) (``loop_lag.py``, both engines); the asyncio MySQL
+   drivers, aiomysql and asyncmy (``mysql_async_drivers.py``);
+9. ``AsyncDatabase`` vs advanced-alchemy's routing async session: read-heavy throughput and
+   stale reads in write-then-next-request flows (``async_peer.py``, PostgreSQL).
 
 The section between the ``run_all`` markers of RESULTS.md is replaced with this run's output
 (the machine, then each benchmark's tables as it printed them); the hand-written sections around
 it stay. ``--quick`` makes every benchmark shorter (for trying the command, not for figures).
+``--only TEXT`` runs only the sections whose title contains TEXT (the machine's always), and
+``--output FILE`` writes there instead of RESULTS.md (a file that does not exist yet gets the
+generated section alone): for trying the command without touching the results.
 """
 
 from __future__ import annotations
@@ -28,9 +42,11 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -53,10 +69,12 @@ def _run(args: list[str], env: dict[str, str] | None = None) -> str:
 
 
 def _tables(output: str) -> str:
-    """The Markdown tables and result lines a benchmark printed (not its progress lines)."""
+    """The Markdown tables and result lines a benchmark printed (not its progress lines): a
+    table's title is a line starting with ``(a) ``, ``(b) `` and so on."""
     keep = [line for line in output.splitlines()
             if line.startswith("|") or " / " in line or line.startswith(("signing", "aurora"))
-            or "rounds x" in line]
+            or "rounds x" in line or re.match(r"\([a-z]\) ", line)
+            or line.startswith(("note:", "AsyncDatabase stats:", "failover ", "MariaDB, "))]
     return "\n".join(keep)
 
 
@@ -75,7 +93,8 @@ def _machine() -> str:
         servers.append(subprocess.run([str(pg[-1]), "--version"], capture_output=True,
                                       text=True, check=False).stdout.strip())
     packages = ", ".join(f"{name} {version(name)}" for name in (
-        "SQLAlchemy", "psycopg", "PyMySQL", "boto3", "aws-advanced-python-wrapper"))
+        "SQLAlchemy", "psycopg", "PyMySQL", "aiomysql", "boto3", "aws-advanced-python-wrapper",
+        "advanced-alchemy"))
     return (f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} cores ({cpu}), "
             f"{int(memory) // 1024 // 1024} GiB; {platform.platform()}; Python "
             f"{platform.python_version()}; {'; '.join(servers)}; {packages}")
@@ -98,49 +117,81 @@ def _demo_throughput(duration: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", default=None, metavar="TEXT",
+                        help="run only the sections whose title contains TEXT")
+    parser.add_argument("--output", type=Path, default=RESULTS, metavar="FILE",
+                        help="where to write (default benchmarks/RESULTS.md)")
     args = parser.parse_args()
     quick = args.quick
     rounds = ["--rounds", "3", "--ops", "50"] if quick else []
     trials = ["--trials", "2"] if quick else ["--trials", "5"]
     fake_aws = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEY000000",
                 "AWS_SECRET_ACCESS_KEY": "example-secret-key-not-real-000000000000"}
-    sections = [
-        ("Machine", _machine()),
+    asyncio_quick = ["--quick"] if quick else []
+    runs: list[tuple[str, Callable[[], str]]] = [
         ("Routing, PostgreSQL (`benchmarks/routing_overhead.py`)",
-         _tables(_run(["benchmarks/routing_overhead.py", *rounds]))),
+         lambda: _tables(_run(["benchmarks/routing_overhead.py", *rounds]))),
         ("Routing, MySQL (`benchmarks/routing_overhead.py --engine mysql`)",
-         _tables(_run(["benchmarks/routing_overhead.py", "--engine", "mysql", *rounds]))),
+         lambda: _tables(_run(["benchmarks/routing_overhead.py", "--engine", "mysql",
+                               *rounds]))),
         ("Failover recovery, PostgreSQL (`benchmarks/failover_recovery.py`)",
-         _tables(_run(["benchmarks/failover_recovery.py", *trials]))),
+         lambda: _tables(_run(["benchmarks/failover_recovery.py", *trials]))),
         ("Failover recovery, MySQL (`benchmarks/failover_recovery.py --engine mysql`)",
-         _tables(_run(["benchmarks/failover_recovery.py", "--engine", "mysql", *trials]))),
+         lambda: _tables(_run(["benchmarks/failover_recovery.py", "--engine", "mysql",
+                               *trials]))),
         ("Demo throughput by number of readers (`aurora-access demo --readers N "
          "--failover-every 0`, 8 shoppers, PostgreSQL)",
-         _demo_throughput("5" if quick else "20")),
+         lambda: _demo_throughput("5" if quick else "20")),
         ("New connections with IAM (`benchmarks/iam_connect.py`)",
-         _tables(_run(["benchmarks/iam_connect.py", *(["--rounds", "1", "--connects", "20"]
-                                                       if quick else [])], env=fake_aws))),
+         lambda: _tables(_run(["benchmarks/iam_connect.py",
+                               *(["--rounds", "1", "--connects", "20"] if quick else [])],
+                              env=fake_aws))),
         ("Local cluster, PostgreSQL (`benchmarks/local_cluster.py`)",
-         _tables(_run(["benchmarks/local_cluster.py", "--runs", "2" if quick else "5"]))),
+         lambda: _tables(_run(["benchmarks/local_cluster.py", "--runs",
+                               "2" if quick else "5"]))),
         ("Local cluster, MySQL (`benchmarks/local_cluster.py --engine mysql`)",
-         _tables(_run(["benchmarks/local_cluster.py", "--engine", "mysql", "--runs",
-                       "2" if quick else "5"]))),
+         lambda: _tables(_run(["benchmarks/local_cluster.py", "--engine", "mysql", "--runs",
+                               "2" if quick else "5"]))),
         ("`commit(); return obj` endpoint latency vs a plain app "
          "(`benchmarks/web_commit_latency.py`)",
-         _tables(_run(["benchmarks/web_commit_latency.py",
-                       *(["--rounds", "2", "--requests", "20"] if quick else [])]))),
+         lambda: _tables(_run(["benchmarks/web_commit_latency.py",
+                               *(["--rounds", "2", "--requests", "20"] if quick else [])]))),
+        ("Async routing, PostgreSQL (`benchmarks/async_routing.py`)",
+         lambda: _tables(_run(["benchmarks/async_routing.py", *asyncio_quick]))),
+        ("Async routing, MySQL (`benchmarks/async_routing.py --engine mysql`)",
+         lambda: _tables(_run(["benchmarks/async_routing.py", "--engine", "mysql",
+                               *asyncio_quick]))),
+        ("Event loop lag at 200 operations/s, PostgreSQL (`benchmarks/loop_lag.py --rate "
+         "200`)",
+         lambda: _tables(_run(["benchmarks/loop_lag.py", "--rate", "200", *asyncio_quick]))),
+        ("Event loop lag at 200 operations/s, MySQL (`benchmarks/loop_lag.py --rate 200 "
+         "--engine mysql`)",
+         lambda: _tables(_run(["benchmarks/loop_lag.py", "--rate", "200", "--engine", "mysql",
+                               *asyncio_quick]))),
+        ("Event loop lag, saturated, PostgreSQL (`benchmarks/loop_lag.py`)",
+         lambda: _tables(_run(["benchmarks/loop_lag.py", *asyncio_quick]))),
+        ("Event loop lag, saturated, MySQL (`benchmarks/loop_lag.py --engine mysql`)",
+         lambda: _tables(_run(["benchmarks/loop_lag.py", "--engine", "mysql",
+                               *asyncio_quick]))),
+        ("MySQL asyncio drivers (`benchmarks/mysql_async_drivers.py`)",
+         lambda: _tables(_run(["benchmarks/mysql_async_drivers.py", *asyncio_quick]))),
+        ("Async peer: advanced-alchemy's routing session (`benchmarks/async_peer.py`)",
+         lambda: _tables(_run(["benchmarks/async_peer.py", *asyncio_quick]))),
     ]
+    sections = [("Machine", _machine())] + [
+        (title, run()) for title, run in runs if args.only is None or args.only in title]
     body = "\n\n".join(f"### {title}\n\n{text}" for title, text in sections)
     generated = (f"{BEGIN}\n## All benchmarks in one run (`benchmarks/run_all.py`"
                  f"{' --quick' if quick else ''})\n\n{body}\n{END}")
-    text = RESULTS.read_text()
+    output: Path = args.output
+    text = output.read_text() if output.exists() else ""
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         text = head + generated + rest.split(END, 1)[1]
     else:
-        text = text.rstrip("\n") + "\n\n" + generated + "\n"
-    RESULTS.write_text(text)
-    print(f"wrote {RESULTS}", file=sys.stderr)
+        text = (text.rstrip("\n") + "\n\n" if text else "") + generated + "\n"
+    output.write_text(text)
+    print(f"wrote {output}", file=sys.stderr)
 
 
 if __name__ == "__main__":
