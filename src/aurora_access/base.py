@@ -105,13 +105,8 @@ class BaseDatabase:
         self._monitor = ClusterMonitor(settings, self.dialect, self._pools, self._router,
                                        self._stats)
         self._pools.on_commit = self._router.committed  # Core, create_all, Alembic
-        self._pools.writer_host = self._writer_host
         self._started = StartOnce(self._start)
         self._router.start = self._started
-
-    def _writer_host(self) -> str | None:
-        topology = self._router.topology
-        return None if topology is None else topology.writer.host
 
     def _blocking(self) -> Blocking:
         """How the core waits: here, in the calling thread."""

@@ -40,7 +40,7 @@ from .topology import Instance
 
 log = logging.getLogger("aurora_access")
 
-Kind = Literal["transactions", "autocommit", "probes", "async_probes"]
+Kind = Literal["transactions", "writer_reads", "autocommit", "probes", "async_probes"]
 #: the library's own pool per host: the monitor, one read-your-writes position query at a time
 #: per host (concurrent waiters share it), writer discovery, commit markers; kept connections
 #: for the monitor and one position query, so that a busy service does not open and close
@@ -64,12 +64,13 @@ def _apply(login: tuple[str | None, str | None], cparams: dict[str, Any]) -> Non
 
 class InstancePools:
     """Engines keyed by (host, port, kind), made on first use: ``transactions`` (the writer's
-    sessions), ``autocommit`` (reads, on readers and on the writer) and ``probes`` (the
-    library's own one-statement queries: the monitor, read-your-writes positions, writer
-    discovery, commit markers). The probes have a small pool of their own, so that they never
-    wait behind the application's sessions for a connection (a read waiting for a reader to
-    replay a commit must be able to ask the reader while every application connection is
-    taken).
+    sessions), ``writer_reads`` (reads sent to the writer), ``autocommit`` (reads on readers)
+    and ``probes`` (the library's own one-statement queries: the monitor, read-your-writes
+    positions, writer discovery, commit markers). A new connection of the writer's two is
+    checked to be to an instance that takes writes (``_connect``). The probes have a small
+    pool of their own, so that they never wait behind the application's sessions for a
+    connection (a read waiting for a reader to replay a commit must be able to ask the reader
+    while every application connection is taken).
 
     The writer's engine runs transactions; readers' engines, and the small probes the
     topology monitor sends to any host, run in autocommit. ``on_disconnect(host)`` is called
@@ -99,9 +100,6 @@ class InstancePools:
         self.on_disconnect = on_disconnect
         #: called when a transaction commits on a ``tracked_engine``
         self.on_commit: Callable[[], object] | None = None
-        #: the writer's host as the topology has it (None before the start): a new connection
-        #: of the application's to that host is checked to be the writer's still
-        self.writer_host: Callable[[], str | None] = lambda: None
         self._lock = threading.Lock()
         self._engines: dict[tuple[str, int, Kind], Engine] = {}
         self._snapshot: dict[tuple[str, int], Engine] = {}
@@ -130,9 +128,11 @@ class InstancePools:
         return self._engine(instance.host, instance.port,
                             "autocommit" if instance.role == "reader" else "transactions")
 
-    def autocommit_engine(self, host: str, port: int) -> Engine:
-        """The application's autocommit engine on any host (reads on the writer)."""
-        return self._engine(host, port, "autocommit")
+    def writer_reads_engine(self, host: str, port: int) -> Engine:
+        """The writer's autocommit engine, for reads that go to the writer (no reader has the
+        commits they must see, no reader at all). Like the writer's transactions, a new
+        connection of it is checked to be the writer's still."""
+        return self._engine(host, port, "writer_reads")
 
     def probe_engine(self, host: str, port: int) -> Engine:
         """The library's own autocommit engine on a host, for one-statement probes, of the
@@ -221,7 +221,7 @@ class InstancePools:
         else:
             engine = create_engine(self.url(host, port), **options)
         self._dialect.prepare_engine(engine)
-        for_writer = not probes  # the application's connections, which may be the writer's
+        for_writer = kind in ("transactions", "writer_reads")
 
         @event.listens_for(engine, "do_connect")
         def _login(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
@@ -265,8 +265,8 @@ class InstancePools:
     def _connect(self, dialect: Any, cargs: Any, cparams: dict[str, Any], host: str, port: int,
                  for_writer: bool) -> Any:
         """A new DBAPI connection to ``host:port``, logged in with the credentials (and once
-        more with fresh ones if refused); one of the application's to the host the topology
-        has for the writer must still take writes."""
+        more with fresh ones if refused); one for the writer (``for_writer``: its transactions,
+        reads sent to it) must be to an instance that takes writes."""
         credentials, ours, blocking = self._credentials, self._dialect, self._blocking
         # an IAM token's first signing makes a boto3 client, a secret is read over the
         # network: through ``blocking``, which keeps an event loop free; what is known
@@ -294,9 +294,9 @@ class InstancePools:
             raise
         self._accepted.add(host)
         ours.connected(connection)
-        if for_writer and self.writer_host() == host and not takes_writes(ours, connection):
-            # the host the topology has for the writer no longer is: a failover the
-            # monitor has not seen yet, the old writer back as a reader (its reads stale)
+        if for_writer and not takes_writes(ours, connection):
+            # the host taken for the writer no longer is: a failover the monitor has not
+            # seen yet, the old writer back as a reader (its reads would be stale)
             connection.close()
             raise ours.lost_connection_error(f"{host}:{port} no longer takes writes")
         return connection

@@ -101,7 +101,7 @@ class Router:
             if snapshot:
                 return self.pools.engine(writer)
             # a read, even on the writer, needs no transaction: autocommit, one round trip
-            return self.pools.autocommit_engine(writer.host, writer.port)
+            return self.pools.writer_reads_engine(writer.host, writer.port)
         session.last_instance = reader
         self.stats.bump("reads_on_readers")
         return self.pools.snapshot_engine(reader) if snapshot else self.pools.engine(reader)
