@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import TextClause, text
+from sqlalchemy import TextClause, create_engine, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -21,6 +22,12 @@ T = TypeVar("T")
 _WHERE = {
     "postgresql": "SELECT pg_is_in_recovery(), aurora_db_instance_identifier()",
     "mysql": "SELECT @@read_only = 1, CAST(@@server_id AS CHAR)",
+}
+# stop and restart applying the writer's log on a reader (what it receives is still
+# acknowledged: synchronous commits go on)
+_REPLAY = {
+    "postgresql": ("SELECT pg_wal_replay_pause()", "SELECT pg_wal_replay_resume()"),
+    "mysql": ("STOP SLAVE SQL_THREAD", "START SLAVE SQL_THREAD"),
 }
 # whether this connection runs over TLS
 TLS_IN_USE = {
@@ -87,3 +94,22 @@ def settle(db: Database, timeout: float = 10.0) -> None:
         while (db._monitor.replica_position(reader) or -1) < target:
             assert time.monotonic() < deadline, f"reader {reader.id} did not catch up"
             time.sleep(0.01)
+
+
+@contextmanager
+def replay_held(cluster: LocalCluster) -> Iterator[None]:
+    """Every reader stops applying the writer's log while inside: no reader has a commit made
+    inside (a lag that no timing can beat), until it ends."""
+    pause, resume = _REPLAY[cluster.engine]
+    engines = [create_engine(cluster.admin_url(r.id), isolation_level="AUTOCOMMIT")
+               for r in cluster.readers]
+    try:
+        for engine in engines:
+            with engine.connect() as conn:
+                conn.execute(text(pause))
+        yield
+    finally:
+        for engine in engines:
+            with engine.connect() as conn:
+                conn.execute(text(resume))
+            engine.dispose()
