@@ -72,9 +72,10 @@ def test_all_good_lists_the_writer_and_readers(
     code, out = run_check(monkeypatch, capsys, engine_cluster.env())
     assert code == 0
     writer, readers = engine_cluster.writer, engine_cluster.readers
+    source = {"postgresql": "aurora_replica_status()", "mysql": "gtid"}[engine_cluster.engine]
     assert line(out, "topology") == ("ok", f"writer {writer.id}, readers "
                                      f"{', '.join(r.id for r in readers)}; read-your-writes "
-                                     "by log position")
+                                     f"by log position ({source})")
     status, detail = line(out, f"instance {writer.id}")
     assert status == "ok" and detail.startswith(f"writer  {writer.host}:{writer.port}, ")
     assert detail.endswith(", TLS off (sslmode prefer), takes writes")

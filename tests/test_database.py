@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import Engine, event, select, text, update
 
 from aurora_access import Database, InvalidCommitToken, ReadOnlySessionError
+from aurora_access.consistency import PositionQueries
 from aurora_access.demo.models import Customer, Order, Product, Stock
 from aurora_access.demo.shop import create_schema, place_order, seed
 from aurora_access.local import LocalCluster, free_port
@@ -303,8 +304,9 @@ def test_without_log_positions_read_your_writes_goes_by_lag(
         db: Database, engine_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
     """Aurora has no pg_current_wal_lsn() nor @@gtid_binlog_pos: the Database notices and falls
     back to replica lag, still never reading a commit's context stale."""
-    monkeypatch.setattr(type(db.dialect), "writer_position_sql",
-                        "SELECT aurora_access_no_such_function()")
+    missing = PositionQueries("none", "SELECT aurora_access_no_such_function()",
+                              "SELECT aurora_access_no_such_function()")
+    monkeypatch.setattr(type(db.dialect), "position_queries", (missing,))
     lagging = Database.from_env({**engine_cluster.env(), "AURORA_RYW_WAIT_MS": "0"})
     try:
         lagging.topology()  # the first use connects and looks for log positions

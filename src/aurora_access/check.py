@@ -174,6 +174,9 @@ def _report_topology(db: Database, ms: float, report: Report) -> None:
     ryw = ("off" if not settings.read_your_writes else
            "replica lag" if db._router.lag_mode else "log position")
     detail = f"writer {topology.writer.id}, readers {readers}; {_RYW[ryw]}"
+    positions = db._monitor.positions
+    if ryw == "log position" and positions is not None:
+        detail += f" ({positions.name})"
     if settings.instance_host_pattern is None:
         detail += (f" (no {env_variable('instance_host_pattern')}: the endpoints stand for "
                    "the instances)")
@@ -181,7 +184,8 @@ def _report_topology(db: Database, ms: float, report: Report) -> None:
         detail += "; no reader: every read goes to the writer"
     report.add("ok" if topology.readers else "warn", "topology", detail, ms, {
         "writer": topology.writer.id, "readers": [r.id for r in topology.readers],
-        "read_your_writes": ryw})
+        "read_your_writes": ryw,
+        "positions": positions.name if ryw == "log position" and positions else None})
 
 
 @dataclass(frozen=True)

@@ -39,12 +39,22 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from .blocking import Blocking, Signal
 from .errors import InvalidCommitToken
 
 Scope = Literal["context", "process"]
+
+
+class PositionQueries(NamedTuple):
+    """Where one kind of log position is read: the writer's (read after a commit returned, it
+    covers that commit) and a reader's (what a snapshot begun there now sees). Both answer
+    one value in the same order (NULL, or no row: unknown, which proves nothing)."""
+
+    name: str
+    writer_sql: str
+    replica_sql: str
 
 
 class CommitMark:

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 
 from .auth import first_line, login_refused
-from .consistency import WriterPositions
+from .consistency import PositionQueries, WriterPositions
 from .dialects import EngineDialect
 from .errors import NoWriterAvailable
 from .failover import ErrorKind, Watchdog, WriterDiscovery, likely_cause
@@ -51,6 +51,8 @@ class ClusterMonitor:
         self._discovery = WriterDiscovery(self._probe_writer, settings.failover_timeout)
         self._topology_lock = threading.Lock()
         self._topology_queries = list(dialect.topology_queries)  # reordered by discover
+        #: where log positions are read (chosen at start-up; None: the instances tell none)
+        self.positions: PositionQueries | None = dialect.position_queries[0]
         # every instance ever seen, by host: writer discovery asks them all, whatever the last
         # topology said (an instance rejoining after a failover is missing from it)
         self._seen: dict[str, Instance] = {}
@@ -69,7 +71,8 @@ class ClusterMonitor:
         left running then (a later call may try again)."""
         try:
             self.refresh_topology()
-            self._router.lag_mode = not self._positions_supported()
+            self.positions = self._choose_positions()
+            self._router.lag_mode = self.positions is None
         except BaseException:
             self._watchdog.close()
             raise
@@ -267,9 +270,10 @@ class ClusterMonitor:
         covers it; a commit's token must not be lost with the writer that made it."""
         for attempt in range(2):
             writer = self._router.current_topology().writer
+            if self.positions is None:
+                return None
             try:
-                return self.dialect.parse_position(
-                    self.query(writer.host, self.dialect.writer_position_sql)[0][0])
+                return self._position(writer.host, self.positions.writer_sql)
             except DBAPIError as exc:
                 kind = self.dialect.classify(exc)
                 if attempt == 0 and kind.instance_failed:
@@ -283,8 +287,12 @@ class ClusterMonitor:
 
     def replica_position(self, reader: Instance) -> int | None:
         """How far ``reader`` has replayed; raises if it does not answer in time."""
-        return self.dialect.parse_position(
-            self.query(reader.host, self.dialect.replica_position_sql)[0][0])
+        return None if self.positions is None else \
+            self._position(reader.host, self.positions.replica_sql)
+
+    def _position(self, host: str, sql: str) -> int | None:
+        rows = self.query(host, sql)
+        return self.dialect.parse_position(rows[0][0]) if rows else None
 
     def _refresh_positions(self) -> None:
         topology = self._router.topology
@@ -311,25 +319,35 @@ class ClusterMonitor:
             log.info("readers answering again: %s", ", ".join(sorted(back)))
         self._router.unhealthy = {r.id for r in topology.readers} - healthy
 
-    def _positions_supported(self) -> bool:
-        """Whether the writer tells its log position and readers their replay position
-        (PostgreSQL and MariaDB do; Aurora does not). An instance that does not answer (down,
-        or refusing the login) is no evidence either way: another reader is asked, and with no
-        answer at all positions are assumed until shown otherwise."""
+    def _choose_positions(self) -> PositionQueries | None:
+        """The first of the dialect's position sources that the writer and a reader answer
+        (Aurora's metadata, then the engine's own functions); None when none does (Aurora
+        MySQL): read-your-writes then goes by replica lag."""
+        for source in self.dialect.position_queries:
+            if self._answers(source):
+                log.info("read-your-writes by log position: %s", source.name)
+                return source
+        log.info("no log positions here: read-your-writes goes by replica lag")
+        return None
+
+    def _answers(self, source: PositionQueries) -> bool:
+        """Whether the writer and a reader tell positions from ``source``. An instance that
+        does not answer (down, or refusing the login) is no evidence either way: another
+        reader is asked, and with no answer at all the source is assumed until shown
+        otherwise. A refusal (a missing function, a revoked privilege) or a NULL is a no."""
         topology = self._router.current_topology()
-        for host, sql in [(topology.writer.host, self.dialect.writer_position_sql),
-                          *((r.host, self.dialect.replica_position_sql)
-                            for r in topology.readers)]:
+        for host, sql in [(topology.writer.host, source.writer_sql),
+                          *((r.host, source.replica_sql) for r in topology.readers)]:
             try:
-                rows = self.query(host, sql)
+                position = self._position(host, sql)
             except DBAPIError as exc:
                 if exc.connection_invalidated or self.dialect.classify(exc).instance_failed \
                         or self.dialect.is_auth_failure(exc.orig or exc):
                     continue
-                log.info("log positions unavailable (%s): read-your-writes goes by replica lag",
-                         type(exc.orig).__name__)
+                log.debug("log positions from %s unavailable: %s", source.name,
+                          first_line(exc.orig or exc))
                 return False
-            if rows[0][0] is None:
+            if position is None:
                 return False
             if host != topology.writer.host:
                 return True  # a reader answered (and the writer, unless it did not answer)

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Engine
 
+from ..consistency import PositionQueries
 from ..errors import ConfigError
 from ..failover import ErrorKind
 from .mysql import MySqlDialect
@@ -25,8 +26,8 @@ class EngineDialect(Protocol):
     #: order until one answers (the next where a table or function is missing)
     topology_queries: tuple[str, ...]
     is_reader_sql: str
-    writer_position_sql: str
-    replica_position_sql: str
+    #: where log positions are read, tried in order at start-up; none answering: lag mode
+    position_queries: tuple[PositionQueries, ...]
     is_writer_sql: str
     max_connections_sql: str
     snapshot_options: Mapping[str, Any]

@@ -30,6 +30,7 @@ import aiomysql
 import pymysql
 from sqlalchemy import Engine
 
+from ..consistency import PositionQueries
 from ..failover import ErrorKind
 
 _CONNECTION_LOST = {
@@ -98,8 +99,10 @@ class MySqlDialect:
     is_writer_sql = "SELECT NOT (@@read_only OR @@innodb_read_only)"
     # how many connections clients may open (one more is kept for a SUPER/CONNECTION ADMIN)
     max_connections_sql = "SELECT @@max_connections"
-    writer_position_sql = "SELECT @@gtid_binlog_pos"
-    replica_position_sql = "SELECT @@gtid_slave_pos"
+    # MariaDB's GTIDs (Aurora MySQL has none of its readers: it goes by replica lag)
+    position_queries: tuple[PositionQueries, ...] = (
+        PositionQueries("gtid", "SELECT @@gtid_binlog_pos", "SELECT @@gtid_slave_pos"),
+    )
     snapshot_options: Mapping[str, Any] = MappingProxyType({"isolation_level": "REPEATABLE READ"})
 
     commit_marker_ddl = (

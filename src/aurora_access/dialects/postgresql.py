@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 from sqlalchemy import Engine
 
+from ..consistency import PositionQueries
 from ..failover import ErrorKind
 
 _BY_SQLSTATE = {
@@ -41,10 +42,22 @@ class PostgresDialect:
         "OR last_update_timestamp > now() - interval '300 seconds'"
     ),)
     is_reader_sql = "SELECT pg_is_in_recovery()"
-    # Read after COMMIT returns, this covers the commit (synchronous_commit must not be off).
-    writer_position_sql = "SELECT pg_current_wal_lsn()"
-    # NULL on a writer; on a reader, what it has replayed and so what a new snapshot sees.
-    replica_position_sql = "SELECT pg_last_wal_replay_lsn()"
+    # Log positions, the first source that answers (decided at start-up):
+    # - Aurora's: the writer's row tells the log position durable in storage, which a commit
+    #   has reached when it returns; a reader's own row (asked on that reader) the position
+    #   it reads at. Both are LSNs as bigints.
+    # - PostgreSQL's own (RDS PostgreSQL, self-managed; synchronous_commit must not be off):
+    #   the writer's WAL position, a standby's replay position (NULL on a writer).
+    position_queries: tuple[PositionQueries, ...] = (
+        PositionQueries(
+            "aurora_replica_status()",
+            "SELECT durable_lsn FROM pg_catalog.aurora_replica_status() "
+            "WHERE session_id = 'MASTER_SESSION_ID'",
+            "SELECT current_read_lsn FROM pg_catalog.aurora_replica_status() "
+            "WHERE server_id = pg_catalog.aurora_db_instance_identifier()"),
+        PositionQueries("pg_current_wal_lsn()", "SELECT pg_current_wal_lsn()",
+                        "SELECT pg_last_wal_replay_lsn()"),
+    )
 
     # how many connections an unprivileged role may open (the connection budget)
     max_connections_sql = ("SELECT current_setting('max_connections')::int "
@@ -136,9 +149,9 @@ class PostgresDialect:
         """Nothing to do: libpq's connect_timeout covers the whole handshake."""
 
     def parse_position(self, value: Any) -> int | None:
-        """An LSN (``'16/B374D848'``) as an integer; None stays None."""
-        if value is None:
-            return None
+        """An LSN (``'16/B374D848'``, or Aurora's bigint) as an integer; None stays None."""
+        if value is None or isinstance(value, int):
+            return value
         high, _, low = str(value).partition("/")
         if not low:
             raise ValueError(f"not a PostgreSQL LSN: {value!r}")

@@ -13,8 +13,10 @@ How an instance is laid out (``<cluster dir>/<instance id>/``):
 
 Aurora's metadata is emulated by functions made in the template, so every instance has them:
 ``aurora_db_instance_identifier()`` answers the instance id (its ``cluster_name``) and
-``aurora_replica_status()`` answers the writer's view of replication (``pg_stat_replication``);
-a reader asks the writer it streams from through dblink, since a standby does not know its peers.
+``aurora_replica_status()`` answers the writer's view of replication (``pg_stat_replication``,
+the writer's row with its flushed position as ``durable_lsn``); a reader answers its own row
+from its own replay position (``current_read_lsn``) and the others from the writer it streams
+from, through a dblink link its session keeps open, since a standby does not know its peers.
 """
 
 from __future__ import annotations
@@ -90,53 +92,47 @@ CREATE EXTENSION dblink SCHEMA aurora_local;
 CREATE FUNCTION pg_catalog.aurora_db_instance_identifier() RETURNS text
 LANGUAGE sql STABLE AS $$ SELECT current_setting('cluster_name') $$;
 
--- The writer's view: itself, and every reader streaming from it.
-CREATE FUNCTION aurora_local.writer_replica_status() RETURNS TABLE ({_STATUS_COLUMNS})
+CREATE TYPE aurora_local.status_row AS ({_STATUS_COLUMNS});
+
+-- The writer's view: itself, and every reader streaming from it (from the WAL senders and
+-- their own activity rows: the pg_stat_replication view reads every backend's, 4x the cost).
+CREATE FUNCTION aurora_local.writer_replica_status() RETURNS SETOF aurora_local.status_row
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS $$
   SELECT current_setting('cluster_name'), 'MASTER_SESSION_ID',
          (pg_current_wal_flush_lsn() - '0/0')::bigint, NULL::bigint, NULL::bigint, 0::bigint,
-         (SELECT count(*) FROM pg_stat_activity WHERE backend_xid IS NOT NULL)::integer,
-         true, 0, NULL::timestamptz, now(), NULL::bigint, NULL::integer, 0::double precision,
+         0, true, 0, NULL::timestamptz, now(), NULL::bigint, NULL::integer, 0::double precision,
          NULL::double precision, NULL::bigint, NULL::bigint, NULL::bigint, 0, 0::bigint, 0,
          0::double precision
   UNION ALL
-  SELECT r.application_name, 'replica-' || r.application_name || '-' || r.pid,
+  SELECT a.application_name, 'replica-' || a.application_name || '-' || r.pid,
          (r.replay_lsn - '0/0')::bigint, (r.flush_lsn - '0/0')::bigint,
          (r.replay_lsn - '0/0')::bigint,
          (extract(epoch FROM coalesce(r.replay_lag, interval '0')) * 1000000)::bigint,
          0, true, 0, NULL::timestamptz, coalesce(r.reply_time, now()),
-         r.backend_xmin::text::bigint, 0,
+         a.backend_xmin::text::bigint, 0,
          extract(epoch FROM coalesce(r.replay_lag, interval '0'))::double precision * 1000,
          NULL::double precision, NULL::bigint, NULL::bigint, NULL::bigint, 0, 0::bigint, 0,
          0::double precision
-  FROM pg_stat_replication r
-  WHERE r.state = 'streaming' AND r.application_name <> ''
+  FROM pg_stat_get_wal_senders() r, LATERAL pg_stat_get_activity(r.pid) a
+  WHERE r.state = 'streaming' AND a.application_name <> ''
 $$;
 
 CREATE FUNCTION pg_catalog.aurora_replica_status() RETURNS TABLE ({_STATUS_COLUMNS})
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
 #variable_conflict use_column
 DECLARE
+  me text := current_setting('cluster_name');
   writer_conninfo text;
+  link text;
+  other text;
+  fetched json;
 BEGIN
   IF NOT pg_is_in_recovery() THEN
     RETURN QUERY SELECT * FROM aurora_local.writer_replica_status();
     RETURN;
   END IF;
-  SELECT format('host=%s port=%s dbname={ADMIN_DB} user={SUPERUSER} connect_timeout=2',
-                w.sender_host, w.sender_port)
-    INTO writer_conninfo FROM pg_stat_wal_receiver w WHERE w.status = 'streaming';
-  IF writer_conninfo IS NOT NULL THEN
-    BEGIN
-      RETURN QUERY SELECT * FROM aurora_local.dblink(writer_conninfo,
-          'SELECT * FROM aurora_local.writer_replica_status()') AS t({_STATUS_COLUMNS});
-      RETURN;
-    EXCEPTION WHEN OTHERS THEN
-      NULL;  -- the writer is unreachable: answer for this instance alone, as a reader
-    END;
-  END IF;
-  RETURN QUERY SELECT current_setting('cluster_name'),
-         'replica-' || current_setting('cluster_name'),
+  -- A reader's own row, from its own replay position (what a snapshot begun here sees).
+  RETURN QUERY SELECT me, 'replica-' || me,
          (pg_last_wal_replay_lsn() - '0/0')::bigint, (pg_last_wal_receive_lsn() - '0/0')::bigint,
          (pg_last_wal_replay_lsn() - '0/0')::bigint, NULL::bigint, 0, true, 0,
          NULL::timestamptz, now(), NULL::bigint, 0,
@@ -144,6 +140,47 @@ BEGIN
            ::double precision,
          NULL::double precision, NULL::bigint, NULL::bigint, NULL::bigint, 0, 0::bigint, 0,
          0::double precision;
+  -- The other rows are the writer's view, through a link to the writer this reader streams
+  -- from, kept open by this session (a new link per call would cost a login every time).
+  SELECT format('host=%s port=%s dbname={ADMIN_DB} user={SUPERUSER} connect_timeout=2',
+                w.sender_host, w.sender_port)
+    INTO writer_conninfo FROM pg_stat_wal_receiver w WHERE w.status = 'streaming';
+  IF writer_conninfo IS NULL THEN
+    RETURN;  -- the writer is unreachable: this instance alone, as a reader
+  END IF;
+  link := 'writer_' || md5(writer_conninfo);
+  FOR other IN SELECT unnest(aurora_local.dblink_get_connections()) LOOP
+    IF other <> link THEN
+      PERFORM aurora_local.dblink_disconnect(other);  -- a link to an earlier writer
+    END IF;
+  END LOOP;
+  -- Aurora refreshes the other instances' rows now and then, not per call: kept 100 ms here
+  IF current_setting('aurora_local.view_link', true) IS DISTINCT FROM link
+      OR clock_timestamp() - coalesce(nullif(current_setting('aurora_local.view_at', true),
+                                             ''), '-infinity')::timestamptz
+         > interval '100 milliseconds' THEN
+    BEGIN
+      IF NOT link = ANY (coalesce(aurora_local.dblink_get_connections(), '{{}}')) THEN
+        PERFORM aurora_local.dblink_connect(link, writer_conninfo);
+      END IF;
+      SELECT coalesce(json_agg(t), '[]') INTO fetched FROM aurora_local.dblink(link,
+          'SELECT * FROM aurora_local.writer_replica_status()') AS t({_STATUS_COLUMNS})
+        WHERE t.server_id <> me;
+      PERFORM set_config('aurora_local.view', fetched::text, false),
+              set_config('aurora_local.view_at', clock_timestamp()::text, false),
+              set_config('aurora_local.view_link', link, false);
+    EXCEPTION WHEN OTHERS THEN
+      PERFORM set_config('aurora_local.view_link', '', false);
+      BEGIN
+        PERFORM aurora_local.dblink_disconnect(link);
+      EXCEPTION WHEN OTHERS THEN
+        NULL;
+      END;
+      RETURN;
+    END;
+  END IF;
+  RETURN QUERY SELECT * FROM json_populate_recordset(NULL::aurora_local.status_row,
+                                                     current_setting('aurora_local.view')::json);
 END
 $$;
 """
@@ -269,8 +306,7 @@ class PostgresServers:
                   writer_host: str, replica_lag_ms: int, reader: bool,
                   tls: TlsFiles | None = None) -> None:
         """Write the instance's own settings; a reader gets standby.signal."""
-        peers = ", ".join(f'"{i}"' for i in all_ids if i)
-        sync = f"ANY 1 ({peers})" if len(all_ids) > 1 else ""
+        sync = self._sync_standbys(all_ids)
         lines = [
             f"listen_addresses = '{host}'",
             f"port = {self.port}",
@@ -412,6 +448,35 @@ class PostgresServers:
                       f"primary_conninfo = '{self._primary_conninfo(writer_host, instance_id)}'",
                       conf.read_text(), flags=re.M)
         conf.write_text(text)
+
+    def copy_for_reader(self, home: Path, writer_host: str) -> None:
+        """A new reader's data: a base backup of the running writer (not started)."""
+        self.user.run([self.bindir / "pg_basebackup", "--pgdata", home / "data",
+                       "--dbname", self.conninfo(writer_host), "--wal-method", "stream",
+                       "--checkpoint", "fast", "--no-sync"])
+        # the writer's ALTER SYSTEM settings are not a reader's; ours live outside PGDATA
+        auto = home / "data" / "postgresql.auto.conf"
+        auto.write_text("")
+        self.user.chown(auto)
+
+    def set_members(self, members: list[tuple[Path, str]], writer_host: str,
+                    all_ids: list[str]) -> None:
+        """The instances changed: every instance's synchronous standby list names them all
+        (whichever becomes the writer), and the writer applies it now."""
+        line = f"synchronous_standby_names = '{self._sync_standbys(all_ids)}'"
+        for home, _host in members:
+            conf = home / "instance.conf"
+            conf.write_text(re.sub(r"^synchronous_standby_names = .*$", line, conf.read_text(),
+                                   flags=re.M))
+        with psycopg.connect(self.conninfo(writer_host), autocommit=True) as conn:
+            conn.execute("SELECT pg_reload_conf()")
+
+    @staticmethod
+    def _sync_standbys(all_ids: list[str]) -> str:
+        """Commits wait for any one reader (``all_ids`` includes the writer's own, which the
+        writer ignores: after a failover the same list serves the new writer)."""
+        peers = ", ".join(f'"{i}"' for i in all_ids if i)
+        return f"ANY 1 ({peers})" if len(all_ids) > 1 else ""
 
     def rewind(self, home: Path, instance_id: str, writer_host: str) -> None:
         """Turn a stopped former writer into a reader of ``writer_host`` (not started)."""
