@@ -1,4 +1,5 @@
-"""`aurora-access local up|env|status|failover|down` as a user runs it, in separate processes."""
+"""`aurora-access local up|env|status|failover|add-reader|remove-reader|down` as a user runs
+it, in separate processes."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pymysql
 import pytest
 
 from aurora_access.local import free_port
-from aurora_access.local.cluster import _listening, address_prefix
+from aurora_access.local.layout import address_prefix, listening
 from aurora_access.local.processes import is_alive
 
 
@@ -22,9 +23,11 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120, check=False)
 
 
-def _writes_through_cluster_endpoint(engine: str, exports: dict[str, str]) -> bool:
-    """Whether the cluster endpoint, reached over verified TLS, leads to a writer."""
-    host, port = exports["AURORA_CLUSTER_ENDPOINT"], int(exports["AURORA_PORT"])
+def _writes_through_cluster_endpoint(engine: str, exports: dict[str, str],
+                                     host: str | None = None) -> bool:
+    """Whether the cluster endpoint (or ``host``), reached over verified TLS, leads to a
+    writer."""
+    host, port = host or exports["AURORA_CLUSTER_ENDPOINT"], int(exports["AURORA_PORT"])
     if engine == "mysql":
         with pymysql.connect(host=host, port=port, user=exports["AURORA_USER"],
                              password=exports["AURORA_PASSWORD"],
@@ -72,11 +75,25 @@ def test_up_status_failover_down(shm_dir: Path, engine: str) -> None:
     assert state["nodes"][0]["role"] == "reader"
     assert _writes_through_cluster_endpoint(engine, exports)
 
+    add = cli("local", "add-reader", "--dir", str(shm_dir))
+    assert add.returncode == 0, add.stderr
+    added_id, added_host = add.stdout.split()[2], add.stdout.split()[4].split(":")[0]
+    state = json.loads((shm_dir / "state.json").read_text())
+    pids += [n["pid"] for n in state["nodes"]]
+    assert added_id in {n["id"] for n in state["nodes"]}
+    # a reader, whose address the cluster's certificate names (verify-full)
+    assert not _writes_through_cluster_endpoint(engine, exports, added_host)
+    remove = cli("local", "remove-reader", "--dir", str(shm_dir), added_id)
+    assert remove.returncode == 0, remove.stderr
+    state = json.loads((shm_dir / "state.json").read_text())
+    assert added_id not in {n["id"] for n in state["nodes"]}
+    assert f"{added_host}:{port}" not in listening()
+
     down = cli("local", "down", "--dir", str(shm_dir))
     assert down.returncode == 0, down.stderr
     assert not [p for p in pids if is_alive(p)]
     prefix = exports["AURORA_CLUSTER_ENDPOINT"].rsplit(".", 1)[0] + "."
-    assert not [a for a in _listening() if a.startswith(prefix)]
+    assert not [a for a in listening() if a.startswith(prefix)]
     assert not shm_dir.exists()  # down leaves nothing behind, the directory up made included
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from aurora_access import LocalClusterError
 from aurora_access.local import LocalCluster, free_port
-from aurora_access.local.cluster import address_prefix
+from aurora_access.local.layout import address_prefix
 from aurora_access.local.processes import descendants, is_alive, signal_all
 
 

@@ -1,10 +1,11 @@
 """The ``aurora-access`` command line.
 
-``aurora-access local up|env|status|failover|down`` runs the local Aurora-like cluster in the
-background; ``eval "$(aurora-access local up)"`` configures a shell for it. ``aurora-access
-demo`` is the main job: shop traffic through the library while the writer fails over (see
-``demo/runner.py``). ``aurora-access check`` checks the ``AURORA_*`` configuration against its
-cluster (see ``check.py``). Every failure prints one clear line on stderr and exits non-zero.
+``aurora-access local up|env|status|failover|add-reader|remove-reader|down`` runs the local
+Aurora-like cluster in the background; ``eval "$(aurora-access local up)"`` configures a shell
+for it. ``aurora-access demo`` is the main job: shop traffic through the library while the
+writer fails over (see ``demo/runner.py``). ``aurora-access check`` checks the ``AURORA_*``
+configuration against its cluster (see ``check.py``). Every failure prints one clear line on
+stderr and exits non-zero.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .check import run_check
 from .demo import runner as demo_runner
 from .errors import AuroraAccessError
 from .local import LocalCluster
-from .local.cluster import default_runtime_root
+from .local.layout import default_runtime_root
 
 
 def _default_dir() -> Path:
@@ -62,8 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in [("env", "print the export lines of a running cluster again"),
                        ("status", "show instances, roles and replica lag"),
                        ("failover", "crash the writer and promote a reader"),
+                       ("add-reader", "add a reader, as Aurora Auto Scaling does"),
                        ("down", "stop everything the cluster started")]:
         actions.add_parser(name, help=text)
+    remove = actions.add_parser("remove-reader", help="delete a reader (its connections cut)")
+    remove.add_argument("id", help="the reader's instance id (aurora-access local status)")
     for action in actions.choices.values():
         action.add_argument("--dir", type=Path, default=_default_dir(), help=dir_help)
     return parser
@@ -111,6 +115,16 @@ def _failover(args: argparse.Namespace) -> None:
     print(LocalCluster.attach(args.dir).failover())
 
 
+def _add_reader(args: argparse.Namespace) -> None:
+    reader = LocalCluster.attach(args.dir).add_reader()
+    print(f"added reader {reader.id} at {reader.host}:{reader.port}")
+
+
+def _remove_reader(args: argparse.Namespace) -> None:
+    took = LocalCluster.attach(args.dir).remove_reader(args.id)
+    print(f"removed reader {args.id} in {took:.3f} s")
+
+
 def _down(args: argparse.Namespace) -> None:
     cluster = LocalCluster.attach(args.dir)
     cluster.close()
@@ -143,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], int | None]] = {
         "up": _up, "env": _env, "status": _status, "failover": _failover, "down": _down,
-        "check": _check, "demo": _demo}
+        "add-reader": _add_reader, "remove-reader": _remove_reader, "check": _check,
+        "demo": _demo}
     try:
         # `local` has actions; other commands are their own handler
         code = handlers[args.action if args.command == "local" else args.command](args)

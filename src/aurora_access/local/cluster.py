@@ -11,8 +11,10 @@ Addresses come from the port, so two clusters on different ports never collide: 
 ``127.60.72.?``.
 
 What is engine-specific (templates, replication, promotion) sits behind ``PostgresServers`` and
-``MariaDbServers`` (``engine="mysql"``); this module only orchestrates: processes, faults,
-endpoints, state on disk.
+``MariaDbServers`` (``engine="mysql"``). This module holds the life cycle (start, close, attach,
+state on disk) and what users see (addresses, URLs, env); ``changes.py`` the faults and readers
+added or removed; ``nodes.py`` the steps on single instances; ``layout.py`` addresses and
+directories.
 """
 
 from __future__ import annotations
@@ -22,94 +24,47 @@ import contextlib
 import json
 import logging
 import os
-import random
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
 
 from ..errors import LocalClusterError
-from ..topology import Instance, Role
 from . import processes
+from .changes import ClusterChanges
 from .endpoints import EndpointControl
+from .layout import (
+    CLUSTER_ENDPOINT_OCTET,
+    FIRST_INSTANCE_OCTET,
+    MAX_READERS,
+    READER_ENDPOINT_OCTET,
+    START_TIMEOUT_S,
+    STATE_FILE,
+    Node,
+    address_prefix,
+    cluster_processes,
+    default_cache_dir,
+    default_runtime_root,
+    listening,
+)
 from .mysql import MariaDbServers
 from .postgresql import PostgresServers, check_identifier
 from .tls import make_certificates
 
 log = logging.getLogger("aurora_access.local")
 
-STATE_FILE = "state.json"
-CLUSTER_ENDPOINT_OCTET = 2
-READER_ENDPOINT_OCTET = 3
-FIRST_INSTANCE_OCTET = 11
-MAX_READERS = 15
-START_TIMEOUT_S = 60.0
-
-T = TypeVar("T")
-
 _ENGINES: dict[str, type[PostgresServers] | type[MariaDbServers]] = {
     "postgresql": PostgresServers, "mysql": MariaDbServers}
 
 
-def default_cache_dir() -> Path:
-    """Where templates are kept between runs (``AURORA_LOCAL_CACHE_DIR`` overrides)."""
-    override = os.environ.get("AURORA_LOCAL_CACHE_DIR")
-    if override:
-        return Path(override)
-    if os.geteuid() == 0:
-        # must be readable by the unprivileged server user, unlike /root
-        return Path("/var/cache/aurora-access")
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aurora-access"
-
-
-def default_runtime_root() -> Path:
-    """tmpfs when there is one: the data is throwaway and start-up is I/O-bound."""
-    shm = Path("/dev/shm")  # noqa: S108 - mkdtemp makes a private directory inside it
-    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
-
-
-def address_prefix(port: int) -> str:
-    return f"127.{(port >> 8) & 255}.{port & 255}"
-
-
-@dataclass
-class _Node:
-    id: str
-    host: str
-    role: Role
-    pid: int | None = None
-    state: str = "stopped"  # running | crashed | paused | stopped
-
-
-@dataclass(frozen=True)
-class FailoverReport:
-    """What ``failover()`` did and how long each step took, in seconds from the crash."""
-
-    old_writer: str
-    new_writer: str
-    promoted_s: float  # the new writer left recovery
-    writable_s: float  # a write committed on the new writer (synchronously replicated)
-    old_writer_back_s: float | None  # the old writer streams as a reader (None: not waited for)
-
-    def __str__(self) -> str:
-        back = "" if self.old_writer_back_s is None else (
-            f", old writer {self.old_writer} back as a reader after {self.old_writer_back_s:.3f} s")
-        return (f"failover {self.old_writer} -> {self.new_writer}: promoted after "
-                f"{self.promoted_s:.3f} s, accepting writes after {self.writable_s:.3f} s{back}")
-
-
-class LocalCluster:
+class LocalCluster(ClusterChanges):
     """One writer and ``readers`` readers with real streaming replication, on this machine.
 
     Use as a context manager (starts on enter, stops everything on exit) or call ``start()``
@@ -163,10 +118,11 @@ class LocalCluster:
         self.cluster_host = f"{self.prefix}.{CLUSTER_ENDPOINT_OCTET}"
         self.reader_host = f"{self.prefix}.{READER_ENDPOINT_OCTET}"
         self._nodes = [
-            _Node(id=str(octet), host=f"{self.prefix}.{octet}",
+            Node(id=str(octet), host=f"{self.prefix}.{octet}",
                   role="writer" if octet == FIRST_INSTANCE_OCTET else "reader")
             for octet in range(FIRST_INSTANCE_OCTET, FIRST_INSTANCE_OCTET + readers + 1)
         ]
+        self._newest_octet = FIRST_INSTANCE_OCTET + readers
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._forwarder_pid: int | None = None
         self._control = EndpointControl(f"aurora-access-{self.prefix}-{self.port}")
@@ -212,9 +168,12 @@ class LocalCluster:
                 raise LocalClusterError(f"copying the template {template} into {self.dir} failed")
             writer = self._nodes[0]
             ids = [n.id for n in self._nodes]
+            # every address an instance may get (readers added later included)
             tls_files = make_certificates(
-                self.dir / "tls", [self.cluster_host, self.reader_host,
-                                   *(n.host for n in self._nodes)], self._server_user,
+                self.dir / "tls", [self.cluster_host, self.reader_host, *(
+                    f"{self.prefix}.{octet}" for octet in
+                    range(FIRST_INSTANCE_OCTET, FIRST_INSTANCE_OCTET + MAX_READERS + 1))],
+                self._server_user,
             ) if self.tls else None
             for node in self._nodes:
                 self._servers.configure(self._home(node), node.id, node.host, ids, writer.host,
@@ -323,7 +282,8 @@ class LocalCluster:
                       endpoint_delay_s=state["endpoint_delay_s"], port=state["port"], dir=dir,
                       database=state["database"], user=state["user"], password=state["password"],
                       tls=state.get("tls", False))
-        cluster._nodes = [_Node(**n) for n in state["nodes"]]
+        cluster._nodes = [Node(**n) for n in state["nodes"]]
+        cluster._newest_octet = state.get("newest_octet", max(int(n.id) for n in cluster._nodes))
         cluster._forwarder_pid = state["forwarder_pid"]
         cluster._owns_dir = state.get("owns_dir", False)
         return cluster
@@ -335,6 +295,7 @@ class LocalCluster:
             "user": self.user, "password": self.password, "owns_dir": self._owns_dir,
             "tls": self.tls,
             "forwarder_pid": self._forwarder_pid, "nodes": [asdict(n) for n in self._nodes],
+            "newest_octet": self._newest_octet,
         }
         tmp = self.dir / (STATE_FILE + ".tmp")
         # the file holds the application password: readable by its owner only
@@ -344,29 +305,6 @@ class LocalCluster:
         tmp.replace(self.dir / STATE_FILE)
 
     # -- what users see -----------------------------------------------------------------
-
-    def _instance(self, node: _Node) -> Instance:
-        return Instance(id=node.id, host=node.host, port=self.port, role=node.role)
-
-    @property
-    def writer(self) -> Instance:
-        return self._instance(self._writer_node())
-
-    @property
-    def readers(self) -> list[Instance]:
-        return [self._instance(n) for n in self.reader_nodes]
-
-    @property
-    def instances(self) -> list[Instance]:
-        return [self._instance(n) for n in self._nodes]
-
-    @property
-    def reader_nodes(self) -> list[_Node]:
-        return [n for n in self._nodes if n.role == "reader"]
-
-    def state(self, instance_id: str) -> str:
-        """``running``, ``crashed``, ``paused`` or ``stopped``."""
-        return self._node(instance_id).state
 
     @property
     def instance_host_pattern(self) -> str:
@@ -427,217 +365,6 @@ class LocalCluster:
         return (f"port {self.port}, cluster endpoint {self.cluster_host}, reader endpoint "
                 f"{self.reader_host}; " + "; ".join(parts))
 
-    # -- faults -------------------------------------------------------------------------
-
-    def crash(self, instance_id: str) -> float:
-        """Kill one instance as a crashed host would; return the seconds it took."""
-        began = time.monotonic()
-        with self._lock:
-            node = self._node(instance_id)
-            self._kill(node)
-            self._save()
-        return time.monotonic() - began
-
-    def restart(self, instance_id: str) -> float:
-        """Stop (if running) and start one instance in its current role; return once it
-        accepts connections (a reader: once it streams). Returns the seconds it took."""
-        began = time.monotonic()
-        with self._lock:
-            node = self._node(instance_id)
-            if node.pid and processes.is_alive(node.pid):
-                processes.signal_tree(node.pid, signal.SIGCONT)
-                processes.signal_all([node.pid], self._servers.stop_signal)
-                if not processes.wait_exit(node.pid, 30):
-                    raise LocalClusterError(f"instance {node.id} did not stop within 30 s")
-            self._spawn(node)
-            deadline = time.monotonic() + START_TIMEOUT_S
-            self._servers.wait_ready(self._home(node), node.host, deadline)
-            if node.role == "reader" and self._writer_node().state == "running":
-                self._wait_streaming([node.id], deadline)
-            self._save()
-        return time.monotonic() - began
-
-    def pause(self, instance_id: str) -> float:
-        """Freeze an instance (SIGSTOP on all its processes): a hung host. Connections to it
-        are accepted by the kernel and then get no answer."""
-        began = time.monotonic()
-        with self._lock:
-            self._freeze(self._node(instance_id))
-            self._save()
-        return time.monotonic() - began
-
-    def resume(self, instance_id: str) -> float:
-        """Undo ``pause``."""
-        began = time.monotonic()
-        with self._lock:
-            node = self._node(instance_id)
-            if node.state != "paused" or node.pid is None:
-                raise LocalClusterError(f"instance {node.id} is {node.state}, not paused")
-            processes.signal_tree(node.pid, signal.SIGCONT)
-            node.state = "running"
-            self._save()
-        return time.monotonic() - began
-
-    def failover(self, wait_for_old_writer: bool = True,
-                 hang_old_writer: bool = False) -> FailoverReport:
-        """Crash the writer, promote the most advanced reader, repoint the other readers and
-        the endpoints, and bring the old writer back as a reader.
-
-        Returns once the new writer has committed a write and (unless
-        ``wait_for_old_writer=False``) the old writer streams as a reader. Raises
-        LocalClusterError if no running reader can be promoted.
-
-        ``hang_old_writer=True``: the old writer is frozen (``pause``) instead of crashed and
-        left so, as a host that stopped answering without closing its connections; clients
-        must notice it by themselves. ``crash(id)`` and ``rejoin(id)`` bring it back later.
-        """
-        with self._lock:
-            old = self._writer_node()
-            began = time.monotonic()
-            if hang_old_writer:
-                if sum(n.state == "running" for n in self.reader_nodes) < 2:
-                    raise LocalClusterError(
-                        "hang_old_writer needs two running readers: one to promote and one to "
-                        "be the new writer's synchronous standby")
-                self._freeze(old)
-                wait_for_old_writer = False
-            else:
-                self._kill(old)
-            candidates = [n for n in self.reader_nodes if n.state == "running"]
-            positions = self._parallel(
-                [partial(self._servers.receive_position, n.host) for n in candidates])
-            reachable = [(pos, n) for pos, n in zip(positions, candidates, strict=True)
-                         if pos is not None]
-            if not reachable:
-                raise LocalClusterError(
-                    f"failover: the writer {old.id} is down and no running reader can be "
-                    "promoted; restart one with restart(id)")
-            # most advanced first; ties go to the lowest id, as a stable choice
-            new = max(reachable, key=lambda pn: (pn[0], -int(pn[1].id)))[1]
-            deadline = time.monotonic() + START_TIMEOUT_S
-            self._servers.promote(new.host, deadline)
-            promoted_s = time.monotonic() - began
-            self._servers.record_topology(new.host, new.id, [n.id for n in self._nodes],
-                                          self.replica_lag_ms)
-            new.role, old.role = "writer", "reader"
-            others = [n for n in candidates if n is not new]
-            self._control.route(new.host, [n.host for n in others], self.endpoint_delay_s)
-            self._parallel([partial(self._servers.follow, self._home(n), n.host, n.id, new.host)
-                            for n in others])
-            self._save()
-            writable_s: float | None = None
-            if others:
-                self._servers.probe_write(new.host)
-                writable_s = time.monotonic() - began
-            back_s: float | None = None
-            if wait_for_old_writer or (not others and not hang_old_writer):
-                self._servers.rewind(self._home(old), old.id, new.host)
-                self._spawn(old)
-                self._servers.wait_ready(self._home(old), old.host, deadline)
-                self._wait_streaming([old.id], deadline)
-                self._control.route(new.host, [n.host for n in [*others, old]],
-                                    self.endpoint_delay_s)
-                back_s = time.monotonic() - began
-                self._save()
-                if writable_s is None:
-                    self._servers.probe_write(new.host)
-                    writable_s = time.monotonic() - began
-            assert writable_s is not None
-        report = FailoverReport(old.id, new.id, promoted_s, writable_s, back_s)
-        log.info("%s", report)
-        return report
-
-    def wait_replayed(self, timeout: float = 30.0) -> float:
-        """Wait until every running reader has applied all the writer has now (for tests
-        that wrote around the library and must read it anywhere); returns the seconds waited.
-        LocalClusterError if one has not within ``timeout``."""
-        began = time.monotonic()
-        with self._lock:
-            readers = [n.host for n in self.reader_nodes if n.state == "running"]
-            self._servers.wait_replayed(self._writer_node().host, readers, began + timeout)
-        return time.monotonic() - began
-
-    def rejoin(self, instance_id: str) -> float:
-        """Bring a crashed former writer back as a reader of the current writer (what
-        ``failover(wait_for_old_writer=False)`` left undone)."""
-        began = time.monotonic()
-        with self._lock:
-            node = self._node(instance_id)
-            writer = self._writer_node()
-            if node.role != "reader" or node.state == "running":
-                raise LocalClusterError(f"instance {node.id} is a running {node.role}")
-            self._servers.rewind(self._home(node), node.id, writer.host)
-            self._spawn(node)
-            deadline = time.monotonic() + START_TIMEOUT_S
-            self._servers.wait_ready(self._home(node), node.host, deadline)
-            self._wait_streaming([node.id], deadline)
-            self._control.route(writer.host, [n.host for n in self.reader_nodes
-                                              if n.state == "running"], self.endpoint_delay_s)
-            self._save()
-        return time.monotonic() - began
-
-    # -- internals ----------------------------------------------------------------------
-
-    def _home(self, node: _Node) -> Path:
-        return self.dir / node.id
-
-    def _node(self, instance_id: str) -> _Node:
-        for node in self._nodes:
-            if node.id == instance_id:
-                return node
-        raise LocalClusterError(f"no instance {instance_id!r} in this cluster; instances: "
-                                f"{', '.join(n.id for n in self._nodes)}")
-
-    def _writer_node(self) -> _Node:
-        return next(n for n in self._nodes if n.role == "writer")
-
-    def _spawn(self, node: _Node) -> None:
-        self._wait_closed([node])  # after a crash
-        child = self._servers.start(self._home(node))
-        self._children[child.pid] = child
-        node.pid, node.state = child.pid, "running"
-
-    def _freeze(self, node: _Node) -> None:
-        if node.state != "running" or node.pid is None:
-            raise LocalClusterError(f"instance {node.id} is {node.state}, not running")
-        processes.signal_tree(node.pid, signal.SIGSTOP)
-        node.state = "paused"
-
-    def _kill(self, node: _Node) -> None:
-        if node.pid is None or not processes.is_alive(node.pid):
-            node.state = "crashed"
-            return
-        processes.signal_all([node.pid], self._servers.crash_signal)
-        if node.state == "paused":
-            processes.signal_tree(node.pid, signal.SIGCONT)
-        processes.wait_or_kill(node.pid)
-        self._children.pop(node.pid, None)
-        node.state = "crashed"
-
-    def _wait_closed(self, nodes: list[_Node]) -> None:
-        """A killed multi-threaded server (mariadbd) looks dead, its main thread a zombie,
-        some 10 ms before its last thread has closed its sockets: wait for them, so that the
-        address is free again (to start it again, and for ``local down``'s check)."""
-        addresses = {f"{n.host}:{self.port}" for n in nodes}
-        deadline = time.monotonic() + 5
-        while addresses & set(_listening()) and time.monotonic() < deadline:
-            time.sleep(0.002)
-
-    def _wait_streaming(self, reader_ids: list[str], deadline: float) -> None:
-        wanted = set(reader_ids)
-        if not wanted:
-            return
-        writer = self._writer_node()
-        while True:
-            streaming = self._servers.streaming_readers(writer.host)
-            if wanted <= streaming:
-                return
-            if time.monotonic() > deadline:
-                raise LocalClusterError(
-                    f"readers {', '.join(sorted(wanted - streaming))} did not start streaming "
-                    f"from the writer {writer.id} in time; see {self.dir}/<id>/server.log")
-            time.sleep(0.005)
-
     def _start_forwarder(self) -> None:
         config = {
             "port": self.port, "cluster_host": self.cluster_host, "reader_host": self.reader_host,
@@ -663,13 +390,6 @@ class LocalCluster:
                 raise LocalClusterError(f"the endpoint forwarder did not start:\n{tail}")
             time.sleep(0.005)
 
-    @staticmethod
-    def _parallel(jobs: list[Callable[[], T]]) -> list[T]:
-        if len(jobs) <= 1:
-            return [job() for job in jobs]
-        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-            return list(pool.map(lambda job: job(), jobs))
-
     def replica_lags(self) -> dict[str, float | None]:
         """Each instance's replica lag as the writer reports it (None: not streaming)."""
         reported = self._servers.replica_lags(self._writer_node().host)
@@ -677,42 +397,6 @@ class LocalCluster:
 
     def listening_addresses(self) -> list[str]:
         """``host:port`` of every socket still listening on this cluster's addresses."""
-        return [a for a in _listening() if a.startswith(self.prefix + ".")
+        return [a for a in listening() if a.startswith(self.prefix + ".")
                 and a.endswith(f":{self.port}")]
 
-
-def _listening() -> Iterator[str]:
-    """Listening IPv4 TCP sockets of this machine, from /proc/net/tcp."""
-    with open("/proc/net/tcp") as f:
-        next(f)
-        for line in f:
-            fields = line.split()
-            if fields[3] != "0A":  # TCP_LISTEN
-                continue
-            hex_addr, hex_port = fields[1].split(":")
-            octets = [str(int(hex_addr[i:i + 2], 16)) for i in (6, 4, 2, 0)]
-            yield f"{'.'.join(octets)}:{int(hex_port, 16)}"
-
-
-def free_port(readers: int = 2, first: int = 25432, tries: int = 200) -> int:
-    """A port in ``first`` .. ``first + tries - 1`` whose cluster addresses (endpoints and
-    ``readers + 1`` instances) are all free. The search starts at a random place in the range,
-    so that processes starting clusters at the same moment seldom pick the same port."""
-    start = random.randrange(tries)  # noqa: S311 - spreading, not secrecy
-    for port in (first + (start + k) % tries for k in range(tries)):
-        prefix = address_prefix(port)
-        octets = [CLUSTER_ENDPOINT_OCTET, READER_ENDPOINT_OCTET,
-                  *range(FIRST_INSTANCE_OCTET, FIRST_INSTANCE_OCTET + readers + 1)]
-        try:
-            for octet in octets:
-                processes.check_free(f"{prefix}.{octet}", port)
-        except LocalClusterError:
-            continue
-        return port
-    raise LocalClusterError(f"no free port for a local cluster in {first}-{first + tries - 1}")
-
-
-def cluster_processes(state: dict[str, Any]) -> list[int]:
-    """Pids recorded in a state file that are still alive."""
-    pids = [state.get("forwarder_pid")] + [n.get("pid") for n in state.get("nodes", [])]
-    return [p for p in pids if p and processes.is_alive(p)]

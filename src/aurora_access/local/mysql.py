@@ -464,6 +464,15 @@ class MariaDbServers:
                     status["Slave_IO_Running"] != "Yes" and time.monotonic() < deadline:
                 time.sleep(0.002)
 
+    def copy_for_reader(self, home: Path, writer_host: str) -> None:
+        """A new reader's data: the template, which replays the writer's whole binary log
+        once it follows the writer (as a rejoining old writer does; see ``rewind``)."""
+        self.user.run(["cp", "-a", self.template(), home / "data"])
+
+    def set_members(self, members: list[tuple[Path, str]], writer_host: str,
+                    all_ids: list[str]) -> None:
+        """Nothing to do: semi-synchronous replication takes any reader's acknowledgement."""
+
     def rewind(self, home: Path, instance_id: str, writer_host: str) -> None:
         """Turn a stopped former writer into a reader of ``writer_host`` (not started).
 
