@@ -153,17 +153,20 @@ class AsyncDatabase(BaseDatabase, Generic[AsyncSessionT]):
 
     # -- sessions -----------------------------------------------------------------------
 
-    def session(self, after: str | None = None) -> AbstractAsyncContextManager[AsyncSessionT]:
+    def session(self, after: str | None = None, endpoint: str | None = None
+                ) -> AbstractAsyncContextManager[AsyncSessionT]:
         """``async with db.session() as s``: a routing AsyncSession that commits on success,
         rolls back on error, always closes. ``after``: a commit token every read must see
-        (InvalidCommitToken, a ValueError, if it is not one of ours)."""
-        return self._session("auto", after, snapshot=False)
+        (InvalidCommitToken, a ValueError, if it is not one of ours). ``endpoint``: a custom
+        endpoint whose members alone serve the reads."""
+        return self._session("auto", after, snapshot=False, endpoint=endpoint)
 
-    def read_only(self, snapshot: bool = False, after: str | None = None
-                  ) -> AbstractAsyncContextManager[AsyncSessionT]:
+    def read_only(self, snapshot: bool = False, after: str | None = None,
+                  endpoint: str | None = None) -> AbstractAsyncContextManager[AsyncSessionT]:
         """Readers only; a write raises ReadOnlySessionError before any SQL is sent.
-        ``snapshot=True``: one REPEATABLE READ, read-only transaction on one reader."""
-        return self._session("read_only", after, snapshot=snapshot)
+        ``snapshot=True``: one REPEATABLE READ, read-only transaction on one reader.
+        ``endpoint``: a custom endpoint whose members alone serve the reads."""
+        return self._session("read_only", after, snapshot=snapshot, endpoint=endpoint)
 
     def writer(self) -> AbstractAsyncContextManager[AsyncSessionT]:
         """Everything on the writer, in one transaction."""
@@ -171,9 +174,11 @@ class AsyncDatabase(BaseDatabase, Generic[AsyncSessionT]):
 
     @asynccontextmanager
     async def _session(self, mode: Literal["auto", "read_only", "writer"], after: str | None,
-                       snapshot: bool) -> AsyncIterator[AsyncSessionT]:
+                       snapshot: bool, endpoint: str | None = None
+                       ) -> AsyncIterator[AsyncSessionT]:
         mark = decode_token(self.dialect.name, after) if after else None
-        session = self.sessionmaker(mode=mode, after=mark, snapshot=snapshot)
+        session = self.sessionmaker(mode=mode, after=mark, snapshot=snapshot,
+                                    endpoint=endpoint)
         try:
             yield session
             if cast(RoutingSession, session.sync_session).needs_commit():

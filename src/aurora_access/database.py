@@ -71,22 +71,26 @@ class Database(BaseDatabase, Generic[SessionT]):
 
     # -- sessions -----------------------------------------------------------------------
 
-    def session(self, after: str | None = None) -> AbstractContextManager[SessionT]:
+    def session(self, after: str | None = None,
+                endpoint: str | None = None) -> AbstractContextManager[SessionT]:
         """A routing session: commits on success, rolls back on error, always closes.
 
         ``after``: a commit token (``commit_token()``) whose commit every read must see.
         Raises InvalidCommitToken (a ValueError) for a token that is not one of ours.
+        ``endpoint``: a custom endpoint whose members alone serve the reads (writes still go
+        to the writer); EndpointUnavailable when none of them can.
         """
-        return self._session("auto", after, snapshot=False)
+        return self._session("auto", after, snapshot=False, endpoint=endpoint)
 
-    def read_only(self, snapshot: bool = False,
-                  after: str | None = None) -> AbstractContextManager[SessionT]:
+    def read_only(self, snapshot: bool = False, after: str | None = None,
+                  endpoint: str | None = None) -> AbstractContextManager[SessionT]:
         """Readers only; a write raises ReadOnlySessionError before any SQL is sent.
 
         ``snapshot=True``: every read of the session sees one consistent snapshot (one
         REPEATABLE READ, read-only transaction on one reader) instead of one per statement.
+        ``endpoint``: a custom endpoint whose members alone serve the reads.
         """
-        return self._session("read_only", after, snapshot=snapshot)
+        return self._session("read_only", after, snapshot=snapshot, endpoint=endpoint)
 
     def writer(self) -> AbstractContextManager[SessionT]:
         """Everything on the writer, in one transaction."""
@@ -94,9 +98,9 @@ class Database(BaseDatabase, Generic[SessionT]):
 
     @contextmanager
     def _session(self, mode: Literal["auto", "read_only", "writer"], after: str | None,
-                 snapshot: bool) -> Iterator[SessionT]:
+                 snapshot: bool, endpoint: str | None = None) -> Iterator[SessionT]:
         mark = decode_token(self.dialect.name, after) if after else None
-        session = self.sessionmaker(mode=mode, after=mark, snapshot=snapshot)
+        session = self.sessionmaker(mode=mode, after=mark, snapshot=snapshot, endpoint=endpoint)
         try:
             yield session
             # a session that only read on readers has nothing to commit: skip the commit

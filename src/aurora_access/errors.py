@@ -8,6 +8,7 @@
      +- InvalidCommitToken             a commit token that is not ours (a ValueError)
      +- PoolExhausted                  no pooled connection in time (a TimeoutError)
      +- AuthenticationFailed           an instance refused the login
+     +- EndpointUnavailable            no member of a custom endpoint can serve a read
      +- FailoverError
      |   +- TransactionReplayRequired  a failover rolled the transaction back; run it again
      |   +- CommitOutcomeUnknown       a commit was in flight during a failover; outcome unknown
@@ -63,6 +64,17 @@ class AuthenticationFailed(AuroraAccessError):
 
     def __init__(self, message: str, instance: str | None = None) -> None:
         self.instance = instance
+        super().__init__(message)
+
+
+class EndpointUnavailable(AuroraAccessError):
+    """``read_only(endpoint=name)``: no member of that custom endpoint can serve the read (down,
+    lagging beyond AURORA_MAX_REPLICA_LAG_MS, or not caught up with the commits the read must
+    see); the read is not sent to other instances, which the endpoint keeps it away from.
+    ``endpoint`` names it."""
+
+    def __init__(self, message: str, endpoint: str | None = None) -> None:
+        self.endpoint = endpoint
         super().__init__(message)
 
 

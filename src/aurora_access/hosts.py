@@ -14,8 +14,8 @@ import ipaddress
 import re
 from typing import Final
 
-__all__ = ["derive_instance_host_pattern", "instance_host", "is_host", "is_region",
-           "secret_arn_region"]
+__all__ = ["cluster_identifier", "derive_instance_host_pattern", "instance_host", "is_host",
+           "is_label", "is_region", "secret_arn_region"]
 
 _LABEL: Final = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
 _HOST_NAME: Final = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
@@ -30,7 +30,7 @@ _SECRET_ARN: Final = re.compile(
 # or a Limitless (shardgrp-) endpoint does not front instances that a client should pick itself.
 _AURORA_ENDPOINT: Final = re.compile(
     r"""
-    [a-z0-9-]+\.
+    (?P<name>[a-z0-9-]+)\.
     (?:cluster-(?:ro-|custom-)?)?
     (?P<suffix>
         [a-z0-9]+\.
@@ -67,6 +67,18 @@ def derive_instance_host_pattern(endpoint: str) -> str | None:
     """
     match = _AURORA_ENDPOINT.fullmatch(endpoint)
     return None if match is None else f"?.{match['suffix']}"
+
+
+def cluster_identifier(endpoint: str) -> str | None:
+    """The DB cluster identifier of an Aurora cluster or reader endpoint (its first label:
+    ``mydb`` for ``mydb.cluster-c9akciq32.us-east-1.rds.amazonaws.com``), else None."""
+    match = _AURORA_ENDPOINT.fullmatch(endpoint)
+    return None if match is None or "cluster-" not in endpoint else match["name"]
+
+
+def is_label(value: str) -> bool:
+    """Whether ``value`` is one DNS label: an instance id or an endpoint name."""
+    return _INSTANCE_ID.fullmatch(value) is not None
 
 
 def secret_arn_region(secret_id: str | None) -> str | None:

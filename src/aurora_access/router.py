@@ -32,7 +32,8 @@ from sqlalchemy import Engine
 from .blocking import Blocking
 from .consistency import CommitMark, CommitTracker, ReplicaPositions, WriterPositions
 from .dialects import EngineDialect
-from .errors import NoWriterAvailable
+from .endpoints import CustomEndpoints
+from .errors import EndpointUnavailable, NoWriterAvailable
 from .failover import ErrorKind
 from .pools import InstancePools
 from .settings import Settings
@@ -66,6 +67,7 @@ class Router:
         self.writer_positions = WriterPositions(observe_writer_position, self.blocking)
         self.replica_position = replica_position  # raises if the reader does not answer
         self.replica_positions = ReplicaPositions(self.blocking)
+        self.endpoints = CustomEndpoints(settings)
         self.topology: Topology | None = None
         self.writer_engine: Engine | None = None  # the current writer's, kept at hand
         self.topology_at_ns = 0  # when the topology (and its lag figures) was read
@@ -94,9 +96,13 @@ class Router:
 
     def reader_bind(self, session: RoutingSession, snapshot: bool = False) -> Engine:
         topology = self.current_topology()
-        reader = self._choose_reader(topology, session.after, session.own_commit)
+        endpoint = session.endpoint
+        members = None if endpoint is None else self._members(endpoint, topology)
+        reader = self._choose_reader(topology, session.after, session.own_commit, members)
         if reader is None:
             writer = session.last_instance = topology.writer
+            if members is not None and writer.id not in members:
+                raise self._endpoint_unavailable(endpoint, members, topology)
             self.stats.bump("reads_on_writer")
             if snapshot:
                 return self.pools.engine(writer)
@@ -105,6 +111,25 @@ class Router:
         session.last_instance = reader
         self.stats.bump("reads_on_readers")
         return self.pools.snapshot_engine(reader) if snapshot else self.pools.engine(reader)
+
+    def _endpoint_unavailable(self, endpoint: str | None, members: frozenset[str],
+                              topology: Topology) -> EndpointUnavailable:
+        """No member of a custom endpoint can serve a read (as a connection to an Aurora
+        custom endpoint whose members are all down fails): say why, member by member."""
+        readers = {r.id: r for r in topology.readers}
+        why = []
+        for member in sorted(members):
+            reader = readers.get(member)
+            if reader is None:
+                why.append(f"{member} is not in the topology")
+            elif member in self.unhealthy:
+                why.append(f"{member} is not answering")
+            elif reader.lag_ms is not None and reader.lag_ms > self.settings.max_replica_lag_ms:
+                why.append(f"{member} lags {reader.lag_ms:.0f} ms")
+            else:
+                why.append(f"{member} has not replayed the commits this read must see")
+        return EndpointUnavailable(f"no member of custom endpoint {endpoint!r} can serve this "
+                                   f"read: {'; '.join(why) or 'it has no member'}", endpoint)
 
     def fail(self, instance: Instance, kind: ErrorKind) -> None:
         """An instance failed under a session: the monitor deals with it (a writer is looked
@@ -118,26 +143,50 @@ class Router:
     # -- reader choice ------------------------------------------------------------------
 
     def _choose_reader(self, topology: Topology, after: CommitMark | None,
-                       own: CommitMark | None = None) -> Instance | None:
+                       own: CommitMark | None = None,
+                       members: frozenset[str] | None = None) -> Instance | None:
+        """A reader for a read, or None (the writer). ``members``: a custom endpoint's, the
+        only instances the read may use (else those of exclusive endpoints are left out)."""
         max_lag = self.settings.max_replica_lag_ms
+        endpoint_read = members is not None
+        left_out = self._excluded(topology) if members is None else frozenset()
         usable = [r for r in topology.readers if r.id not in self.unhealthy
+                  and (members is None or r.id in members) and r.id not in left_out
                   and (r.lag_ms is None or r.lag_ms <= max_lag)]
         if not usable:
             return None
         marks = [] if after is None else [after]
         if self.settings.read_your_writes:
             marks += self.commits.marks()
-            if own is not None:
+            if own is not None and not endpoint_read:
                 usable = self._proven_at_once(usable, own)
                 if not usable:
                     self.stats.bump("ryw_own_on_writer")
                     return None
                 marks = [m for m in marks if m is not own]
+            elif own is not None and own not in marks:
+                marks.append(own)  # no writer to go to: wait for a member to have it
         if not marks:
             return self._pick(usable)
+        # a custom endpoint's read has no writer to fall back on: it may wait as long as a
+        # reader within the lag limit can take to replay a commit
+        wait_ms = self.settings.ryw_wait_ms if endpoint_read is False else max(
+            self.settings.ryw_wait_ms, self.settings.max_replica_lag_ms)
         if self.lag_mode:
-            return self._choose_by_lag(usable, max(m.committed_ns for m in marks))
-        return self._choose_by_position(usable, marks)
+            return self._choose_by_lag(usable, max(m.committed_ns for m in marks), wait_ms)
+        return self._choose_by_position(usable, marks, wait_ms)
+
+    def _members(self, endpoint: str, topology: Topology) -> frozenset[str]:
+        if self.endpoints.must_ask():
+            self.blocking.run(self.endpoints.refresh, True)
+        return self.endpoints.members(endpoint, [i.id for i in topology.instances])
+
+    def _excluded(self, topology: Topology) -> frozenset[str]:
+        if not self.endpoints.exclusive:
+            return frozenset()
+        if self.endpoints.must_ask():
+            self.blocking.run(self.endpoints.refresh, True)
+        return self.endpoints.excluded([i.id for i in topology.instances])
 
     def _proven_at_once(self, usable: list[Instance], mark: CommitMark) -> list[Instance]:
         """The readers known, without asking anyone, to have applied ``mark``."""
@@ -151,10 +200,10 @@ class Router:
         needed = mark.position
         return [r for r in usable if self.replica_positions.reached(r.id, needed)]
 
-    def _choose_by_position(self, usable: list[Instance],
-                            marks: list[CommitMark]) -> Instance | None:
+    def _choose_by_position(self, usable: list[Instance], marks: list[CommitMark],
+                            wait_ms: float) -> Instance | None:
         """A reader that has replayed every commit of ``marks``: proven by known positions
-        (no round trip), else asked, waiting up to ryw_wait_ms; None: read on the writer."""
+        (no round trip), else asked, waiting up to ``wait_ms``; None: read on the writer."""
         needed = self.needed_position(marks)
         if needed is None:  # a commit to see whose position could not be learned
             self.stats.bump("ryw_fallbacks")
@@ -163,7 +212,7 @@ class Router:
         if proven:
             return self._pick(proven)
         self.stats.bump("ryw_waits")
-        deadline = time.monotonic() + self.settings.ryw_wait_ms / 1000
+        deadline = time.monotonic() + wait_ms / 1000
         while True:
             for reader in usable:
                 if self._replica_reached(reader, needed):
@@ -173,13 +222,14 @@ class Router:
             self.blocking.sleep(_RYW_POLL_S)
         self.stats.bump("ryw_fallbacks")
         log.debug("read-your-writes: no reader has replayed %s within %.0f ms; reading on "
-                  "the writer", self.dialect.format_position(needed), self.settings.ryw_wait_ms)
+                  "the writer", self.dialect.format_position(needed), wait_ms)
         return None
 
-    def _choose_by_lag(self, usable: list[Instance], committed_ns: int) -> Instance | None:
+    def _choose_by_lag(self, usable: list[Instance], committed_ns: int,
+                       wait_ms: float) -> Instance | None:
         """Aurora's fallback: a reader whose reported lag, at the time it was reported, is
         shorter than the time from the commit to that report has (by that report) applied it."""
-        deadline = time.monotonic() + self.settings.ryw_wait_ms / 1000
+        deadline = time.monotonic() + wait_ms / 1000
         waited = False
         while True:
             topology = self.current_topology()

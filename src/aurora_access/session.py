@@ -75,7 +75,7 @@ class RoutingSession(Session):
 
     def __init__(self, router: Router | None = None, mode: Mode = "auto",
                  after: CommitMark | str | None = None, snapshot: bool = False,
-                 **kwargs: Any) -> None:
+                 endpoint: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         router = router or self.aurora_router
         if router is None:
@@ -87,6 +87,7 @@ class RoutingSession(Session):
         self.after = decode_token(router.dialect.name, after) if isinstance(after, str) \
             else after
         self.snapshot = snapshot
+        self.endpoint = endpoint  # a custom endpoint: reads only on its members
         self.wrote = False
         self.own_commit: CommitMark | None = None
         self.last_instance: Instance | None = None  # where the latest statement was sent

@@ -52,6 +52,16 @@ AURORA_HUNG_TIMEOUT_S         2                       seconds the writer may tak
                                                       monitor's heartbeat before it is treated
                                                       as failed (> 0); a hung writer is noticed
                                                       within this plus one refresh
+AURORA_IDLE_PAUSE_S           60                      seconds without statements after which the
+                                                      monitor sleeps and pooled connections are
+                                                      closed, so Serverless v2 can pause (>= 0;
+                                                      0 = never)
+AURORA_RESUME_TIMEOUT_S       20                      seconds a connection may wait for a paused
+                                                      Serverless v2 instance to resume (> 0)
+AURORA_CUSTOM_ENDPOINTS       none (RDS is asked)     custom endpoints' members when RDS cannot
+                                                      be asked: ``name=id,id;name2=id``
+AURORA_EXCLUSIVE_ENDPOINTS    none                    custom endpoints whose members get no
+                                                      general reads: ``name,name2``
 ============================  ======================  ==============================================
 
 Region: AURORA_REGION, else (from the environment) AWS_REGION, else AWS_DEFAULT_REGION, else the
@@ -65,7 +75,7 @@ Instance host pattern: derived from an Aurora endpoint (``hosts.py``), else ``No
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Final, cast
@@ -156,6 +166,10 @@ class Settings:
     failover_timeout: float
     topology_refresh_s: float
     hung_timeout_s: float
+    idle_pause_s: float  # 0 means never
+    resume_timeout_s: float
+    custom_endpoints: Mapping[str, tuple[str, ...]] | None  # None: ask RDS when needed
+    exclusive_endpoints: tuple[str, ...]
 
     def __init__(
         self,
@@ -186,6 +200,10 @@ class Settings:
         failover_timeout: float = 30.0,
         topology_refresh_s: float = 1.0,
         hung_timeout_s: float = 2.0,
+        idle_pause_s: float = 60.0,
+        resume_timeout_s: float = 20.0,
+        custom_endpoints: Mapping[str, Sequence[str]] | None = None,
+        exclusive_endpoints: Sequence[str] = (),
     ) -> None:
         """Validate and resolve the values; raises ``ConfigError`` naming the bad one."""
         self._resolve({
@@ -200,7 +218,9 @@ class Settings:
             "max_replica_lag_ms": max_replica_lag_ms,
             "ryw_wait_ms": ryw_wait_ms, "connect_timeout": connect_timeout,
             "failover_timeout": failover_timeout, "topology_refresh_s": topology_refresh_s,
-            "hung_timeout_s": hung_timeout_s,
+            "hung_timeout_s": hung_timeout_s, "idle_pause_s": idle_pause_s,
+            "resume_timeout_s": resume_timeout_s, "custom_endpoints": custom_endpoints,
+            "exclusive_endpoints": exclusive_endpoints,
         }, DEFAULT_PREFIX)
 
     @classmethod
@@ -259,6 +279,7 @@ class Settings:
         resolved |= _endpoints(values, engine)
         resolved |= _credentials(values)
         resolved |= _tuning(values)
+        resolved |= _custom_endpoints(values)
         for field, value in resolved.items():
             object.__setattr__(self, field, value)
 
@@ -357,7 +378,22 @@ def _tuning(values: Values) -> dict[str, object]:
         "failover_timeout": float(values.number("failover_timeout", 30.0)),
         "topology_refresh_s": float(values.number("topology_refresh_s", 1.0)),
         "hung_timeout_s": float(values.number("hung_timeout_s", 2.0)),
+        "idle_pause_s": float(values.number("idle_pause_s", 60.0)),
+        "resume_timeout_s": float(values.number("resume_timeout_s", 20.0)),
     }
+
+
+def _custom_endpoints(values: Values) -> dict[str, object]:
+    """Custom endpoints: members given here, else asked of RDS (which needs the region and an
+    Aurora cluster endpoint to name the cluster); exclusive ones must be known by one way."""
+    custom = values.endpoints("custom_endpoints")
+    exclusive = values.names("exclusive_endpoints")
+    if custom is not None:
+        unknown = [n for n in exclusive if n not in custom]
+        if unknown:
+            raise values.error("exclusive_endpoints", "names custom endpoints that "
+                               f"{values.name('custom_endpoints')} does not list", unknown)
+    return {"custom_endpoints": custom, "exclusive_endpoints": exclusive}
 
 
 _FIELD_NAMES: Final[tuple[str, ...]] = tuple(f.name for f in fields(Settings))

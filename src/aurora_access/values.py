@@ -8,10 +8,11 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Final, Literal, get_args
 
 from .errors import ConfigError
-from .hosts import is_host
+from .hosts import is_host, is_label
 
 Engine = Literal["postgresql", "mysql"]
 SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
@@ -60,6 +61,8 @@ NUMBERS: Final[Mapping[str, _Number]] = {
     "failover_timeout": _Number(False, 0, False, None, "a number of seconds > 0"),
     "topology_refresh_s": _Number(False, 0, False, None, "a number of seconds > 0"),
     "hung_timeout_s": _Number(False, 0, False, None, "a number of seconds > 0"),
+    "idle_pause_s": _Number(False, 0, True, None, "a number of seconds >= 0 (0 = never)"),
+    "resume_timeout_s": _Number(False, 0, False, None, "a number of seconds > 0"),
 }
 CHOICES: Final[Mapping[str, tuple[str, ...]]] = {
     "engine": ENGINES,
@@ -68,6 +71,10 @@ CHOICES: Final[Mapping[str, tuple[str, ...]]] = {
     "ryw_scope": RYW_SCOPES,
 }
 BOOLEANS: Final = ("iam_auth", "read_your_writes")
+# ``name=id,id;name2=id``: custom endpoints and their member instances
+ENDPOINT_MAPS: Final = ("custom_endpoints",)
+# ``name,name2``
+NAME_LISTS: Final = ("exclusive_endpoints",)
 STRINGS: Final = ("cluster_endpoint", "reader_endpoint", "database", "user", "password",
                    "region", "secret_id", "sslrootcert", "instance_host_pattern")
 
@@ -149,6 +156,47 @@ class Values:
         return value
 
 
+    def endpoints(self, field: str) -> Mapping[str, tuple[str, ...]] | None:
+        """Custom endpoint names -> member instance ids (read-only), or None when not given."""
+        value = self.given.get(field)
+        if value is None:
+            return None
+        accepts = ("must map custom endpoint names to instance ids, as "
+                   "name=id,id;name2=id (names and ids are DNS labels)")
+        if not isinstance(value, Mapping):
+            raise self.error(field, accepts, value)
+        members: dict[str, tuple[str, ...]] = {}
+        for name, given in value.items():
+            ids = (given,) if isinstance(given, str) else tuple(given)
+            if not isinstance(name, str) or not is_label(name) or not ids \
+                    or not all(isinstance(i, str) and is_label(i) for i in ids):
+                raise self.error(field, accepts, value)
+            members[name] = ids
+        return MappingProxyType(members)
+
+    def names(self, field: str) -> tuple[str, ...]:
+        value = self.given.get(field)
+        if value is None:
+            return ()
+        names = (value,) if isinstance(value, str) else value
+        if not isinstance(names, tuple | list) or \
+                not all(isinstance(n, str) and is_label(n) for n in names):
+            raise self.error(field, "must be custom endpoint names (DNS labels), as name,name2",
+                             value)
+        return tuple(names)
+
+
+def _endpoint_map(variable: str, value: str, password: str | None) -> dict[str, list[str]]:
+    members: dict[str, list[str]] = {}
+    for part in filter(None, (p.strip() for p in value.split(";"))):
+        name, sep, ids = part.partition("=")
+        if not sep or not name.strip() or name.strip() in members:
+            raise ConfigError(variable, "must map custom endpoint names to instance ids, as "
+                              f"name=id,id;name2=id, got {shown(value, password)}")
+        members[name.strip()] = [i.strip() for i in ids.split(",") if i.strip()]
+    return members
+
+
 def parse(field: str, value: str, prefix: str, password: str | None) -> object:
     """One non-secret environment value, as the type of its field; ``ConfigError`` if malformed.
 
@@ -170,5 +218,9 @@ def parse(field: str, value: str, prefix: str, password: str | None) -> object:
         if not pattern.fullmatch(value):
             raise ConfigError(variable, f"must be {spec.accepts}, got {shown(value, password)}")
         return int(value) if spec.integer else float(value)
+    if field in ENDPOINT_MAPS:
+        return _endpoint_map(variable, value, password)
+    if field in NAME_LISTS:
+        return [n.strip() for n in value.split(",") if n.strip()]
     assert field in STRINGS, field
     return value

@@ -31,17 +31,21 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from types import TracebackType
 
 from ..errors import LocalClusterError
+from ..hosts import is_label
 from . import processes
 from .changes import ClusterChanges
 from .endpoints import EndpointControl
 from .layout import (
     CLUSTER_ENDPOINT_OCTET,
+    CUSTOM_ENDPOINT_FIRST_OCTET,
+    CUSTOM_ENDPOINTS_MAX,
     FIRST_INSTANCE_OCTET,
     MAX_READERS,
     READER_ENDPOINT_OCTET,
@@ -92,6 +96,7 @@ class LocalCluster(ClusterChanges):
         user: str = "app",
         password: str | None = None,
         tls: bool = False,
+        custom_endpoints: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         if engine not in _ENGINES:
             raise LocalClusterError(f"engine {engine!r} is not supported by the local cluster; "
@@ -110,6 +115,7 @@ class LocalCluster(ClusterChanges):
         self.user = check_identifier("user", user)
         self.password = password or secrets.token_urlsafe(18)
         self.tls = tls
+        self.custom_endpoints = _check_custom_endpoints(custom_endpoints or {}, readers)
         self.prefix = address_prefix(self.port)
         self._owns_dir = dir is None
         # made by start(), so a cluster that is never started leaves nothing behind
@@ -152,7 +158,9 @@ class LocalCluster(ClusterChanges):
         """
         began = time.monotonic()
         self._prepare_dir()
-        for host in [self.cluster_host, self.reader_host] + [n.host for n in self._nodes]:
+        for host in [self.cluster_host, self.reader_host, *(
+                self.custom_endpoint_host(name) for name in self.custom_endpoints),
+                *(n.host for n in self._nodes)]:
             processes.check_free(host, self.port)
         template = self._servers.template()
         atexit.register(self.close)
@@ -283,6 +291,8 @@ class LocalCluster(ClusterChanges):
                       database=state["database"], user=state["user"], password=state["password"],
                       tls=state.get("tls", False))
         cluster._nodes = [Node(**n) for n in state["nodes"]]
+        cluster.custom_endpoints = {name: tuple(ids) for name, ids
+                                    in state.get("custom_endpoints", {}).items()}
         cluster._newest_octet = state.get("newest_octet", max(int(n.id) for n in cluster._nodes))
         cluster._forwarder_pid = state["forwarder_pid"]
         cluster._owns_dir = state.get("owns_dir", False)
@@ -296,6 +306,7 @@ class LocalCluster(ClusterChanges):
             "tls": self.tls,
             "forwarder_pid": self._forwarder_pid, "nodes": [asdict(n) for n in self._nodes],
             "newest_octet": self._newest_octet,
+            "custom_endpoints": self.custom_endpoints,
         }
         tmp = self.dir / (STATE_FILE + ".tmp")
         # the file holds the application password: readable by its owner only
@@ -321,6 +332,9 @@ class LocalCluster(ClusterChanges):
             "AURORA_USER": self.user,
             "AURORA_PASSWORD": self.password,
             "AURORA_INSTANCE_HOST_PATTERN": self.instance_host_pattern,
+            **({"AURORA_CUSTOM_ENDPOINTS": ";".join(
+                f"{name}={','.join(ids)}" for name, ids in self.custom_endpoints.items())}
+               if self.custom_endpoints else {}),
             **({"AURORA_SSLMODE": "verify-full", "AURORA_SSLROOTCERT": str(self.ca_cert)}
                if self.tls else {}),
         }
@@ -360,6 +374,11 @@ class LocalCluster(ClusterChanges):
             "cluster_id": f"local-{self.port}",
         }
 
+    def custom_endpoint_host(self, name: str) -> str:
+        """The address of custom endpoint ``name`` (a forwarder over its members)."""
+        index = list(self.custom_endpoints).index(name)
+        return f"{self.prefix}.{CUSTOM_ENDPOINT_FIRST_OCTET + index}"
+
     def describe(self) -> str:
         parts = [f"{n.id}@{n.host} {n.role} {n.state}" for n in self._nodes]
         return (f"port {self.port}, cluster endpoint {self.cluster_host}, reader endpoint "
@@ -370,6 +389,8 @@ class LocalCluster(ClusterChanges):
             "port": self.port, "cluster_host": self.cluster_host, "reader_host": self.reader_host,
             "control": self._control.name, "writer": self._writer_node().host,
             "readers": [n.host for n in self.reader_nodes],
+            "custom": {self.custom_endpoint_host(name): [f"{self.prefix}.{i}" for i in ids]
+                       for name, ids in self.custom_endpoints.items()},
             # killed before it could close the cluster, this process takes its servers along
             "owner_pid": os.getpid(), "state_file": str(self.dir / STATE_FILE),
         }
@@ -400,3 +421,21 @@ class LocalCluster(ClusterChanges):
         return [a for a in listening() if a.startswith(self.prefix + ".")
                 and a.endswith(f":{self.port}")]
 
+
+def _check_custom_endpoints(given: Mapping[str, Sequence[str]],
+                            readers: int) -> dict[str, tuple[str, ...]]:
+    """Custom endpoints' names and member ids, checked: at most 7 (addresses .4 to .10), each
+    naming instances the cluster starts with."""
+    ids = {str(octet) for octet in range(FIRST_INSTANCE_OCTET, FIRST_INSTANCE_OCTET + readers + 1)}
+    if len(given) > CUSTOM_ENDPOINTS_MAX:
+        raise LocalClusterError(f"at most {CUSTOM_ENDPOINTS_MAX} custom endpoints, not "
+                                f"{len(given)}")
+    checked: dict[str, tuple[str, ...]] = {}
+    for name, listed in given.items():
+        members = (listed,) if isinstance(listed, str) else tuple(listed)
+        if not is_label(name) or not members or not set(members) <= ids:
+            raise LocalClusterError(
+                f"custom endpoint {name!r}: a DNS label naming some of the instances "
+                f"{', '.join(sorted(ids))}, got {list(members)}")
+        checked[name] = members
+    return checked

@@ -1,4 +1,5 @@
-"""The cluster and reader endpoints of a local cluster: TCP forwarders in a process of their own.
+"""The cluster, reader and custom endpoints of a local cluster: TCP forwarders in a process of
+their own.
 
 Aurora's cluster endpoint is a DNS name that follows the writer, and its reader endpoint spreads
 new connections over the readers. Here each is a TCP listener on its own loopback address (same
@@ -73,6 +74,17 @@ async def _forward(client_r: asyncio.StreamReader, client_w: asyncio.StreamWrite
     await asyncio.gather(_pipe(client_r, server_w), _pipe(server_r, client_w))
 
 
+def _custom_endpoint(members: list[str], port: int) -> Any:
+    """A custom endpoint: new connections spread over its (static) members round-robin."""
+    turn = [0]
+
+    async def on_custom(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        turn[0] = (turn[0] + 1) % len(members)
+        await _forward(r, w, members[turn[0]], port)
+
+    return on_custom
+
+
 async def serve(config: dict[str, Any]) -> None:
     port = int(config["port"])
     routes = Routes(writer=config["writer"], readers=list(config["readers"]))
@@ -112,6 +124,9 @@ async def serve(config: dict[str, Any]) -> None:
         await asyncio.start_server(on_reader, config["reader_host"], port, reuse_address=True),
         await asyncio.start_unix_server(on_control, "\0" + config["control"]),
     ]
+    for host, members in config.get("custom", {}).items():
+        servers.append(await asyncio.start_server(
+            _custom_endpoint(members, port), host, port, reuse_address=True))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
