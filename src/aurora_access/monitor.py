@@ -64,6 +64,7 @@ class ClusterMonitor:
         router.replica_position = self.replica_position
         router.instance_failed = self.instance_failed
         pools.on_disconnect = self.host_down
+        pools.on_wake = self._wake.set
 
     def start(self) -> None:
         """Discover the cluster and start the monitor thread. Raises NoWriterAvailable if no
@@ -353,6 +354,27 @@ class ClusterMonitor:
                 return True  # a reader answered (and the writer, unless it did not answer)
         return True
 
+    def _idle(self) -> bool:
+        """Whether the application has sent nothing for AURORA_IDLE_PAUSE_S. Then the monitor
+        sends nothing either (its heartbeats would keep a Serverless v2 instance from pausing)
+        and the pools close their idle connections, until the application is back
+        (``InstancePools.touch`` wakes this thread); connections then wait for paused
+        instances to resume (AURORA_RESUME_TIMEOUT_S) instead of taking them for failed."""
+        if self._pools.idle:
+            return True
+        pause = self.settings.idle_pause_s
+        idle_for = time.monotonic() - self._pools.last_used
+        if pause <= 0 or idle_for < pause:
+            return False
+        s = self.settings
+        self._pools.sleep({*self._seen, *self._instance_hosts(), s.cluster_endpoint,
+                           s.reader_endpoint})
+        self._stats.bump("idle_sleeps")
+        log.info("no statement for %.0f s: the monitor sleeps and idle connections are "
+                 "closed (so that Serverless v2 instances can pause) until the next one",
+                 idle_for)
+        return True
+
     def _loop(self) -> None:
         next_cleanup = time.monotonic()
         while True:
@@ -360,6 +382,8 @@ class ClusterMonitor:
             self._wake.clear()
             if self._stop.is_set():
                 return
+            if self._idle():
+                continue
             try:
                 self._heartbeat()
                 self.refresh_topology()

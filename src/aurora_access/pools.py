@@ -25,7 +25,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
 from sqlalchemy import URL, Engine, create_engine, event, exc
@@ -110,6 +110,45 @@ class InstancePools:
         self._lost: dict[str, float] = {}
         # DBAPI connections in use, per host: what to cut when that host hangs
         self._in_use: dict[str, set[Any]] = {}
+        #: when the application last used a connection (the library's probes do not count)
+        self.last_used = time.monotonic()
+        #: whether the pools were closed for idleness (``sleep``) and not used since
+        self.idle = False
+        #: called when the application uses the pools again after ``sleep``
+        self.on_wake: Callable[[], None] = lambda: None
+        self._asleep: set[str] = set()
+        # hosts that may be paused (Serverless v2) -> until when a connect may wait for them
+        self._resume_until: dict[str, float] = {}
+
+    # -- idleness (Aurora Serverless v2 can pause an instance nobody is connected to) --------
+
+    def touch(self) -> None:
+        """The application is using the database: note when, and wake up after ``sleep``."""
+        self.last_used = time.monotonic()
+        if self.idle:
+            with self._lock:
+                if not self.idle:
+                    return
+                self.idle = False
+                until = time.monotonic() + self._settings.resume_timeout_s
+                self._resume_until = dict.fromkeys(self._asleep, until)
+            log.info("in use again: connections may wait up to %g s for paused instances "
+                     "to resume", self._settings.resume_timeout_s)
+            self.on_wake()
+
+    def sleep(self, hosts: set[str]) -> None:
+        """Close every pooled connection not in use (the application has been idle), so that
+        instances with no other client can pause; ``hosts`` may be paused when next used."""
+        with self._lock:
+            self.idle = True
+            self._asleep = set(hosts)
+            engines = list(self._engines.values())
+        for engine in engines:
+            async_engine = self._async.get(engine)
+            if async_engine is None:
+                engine.dispose()  # the engine stays; its pool starts empty
+            else:
+                self._on_loop(async_engine.dispose())
 
     def url(self, host: str, port: int, asynchronous: bool = False) -> URL:
         """The URL of ``host:port``, without a password: each new connection asks the
@@ -240,6 +279,8 @@ class InstancePools:
 
         @event.listens_for(engine.pool, "checkout")
         def _checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+            if not probes:
+                self.touch()  # Core and Alembic through db.engine() too
             if self._dialect.idle_connection_lost(dbapi_connection):
                 # a connection whose server went away (a crash, a failover) is replaced
                 # before a statement fails on it (a transaction's first statement, a read to
@@ -275,7 +316,7 @@ class InstancePools:
                cparams)
         try:
             try:
-                connection = dialect.connect(*cargs, **cparams)
+                connection = self._connect_resuming(dialect, cargs, cparams, host)
             except Exception as error:
                 if not ours.is_auth_failure(error) or not credentials.renew(host, port):
                     raise
@@ -300,6 +341,26 @@ class InstancePools:
             connection.close()
             raise ours.lost_connection_error(f"{host}:{port} no longer takes writes")
         return connection
+
+    def _connect_resuming(self, dialect: Any, cargs: Any, cparams: dict[str, Any],
+                          host: str) -> Any:
+        """``dialect.connect``; to a host that may be resuming from a pause, tried again
+        until AURORA_RESUME_TIMEOUT_S after the wake-up (a paused Serverless v2 instance holds
+        a new connection until it has resumed, which can outlast AURORA_CONNECT_TIMEOUT)."""
+        while True:
+            try:
+                connection = dialect.connect(*cargs, **cparams)
+            except Exception as error:
+                until = self._resume_until.get(host)
+                if until is None or time.monotonic() >= until \
+                        or self._dialect.is_auth_failure(error):
+                    self._resume_until.pop(host, None)
+                    raise
+                log.debug("%s is not answering yet (resuming?): %s", host, type(error).__name__)
+                self._blocking.sleep(0.05)
+                continue
+            self._resume_until.pop(host, None)
+            return connection
 
     def abort_in_use(self, host: str) -> int:
         """Cut every connection to ``host`` now in use (a hung instance); returns how many."""
@@ -366,10 +427,17 @@ class InstancePools:
         if async_engine is None:
             engine.dispose()
             return
+        if not self._on_loop(async_engine.dispose()):
+            engine.dispose(close=False)  # no loop to close them on: let them go
+
+    def _on_loop(self, work: Coroutine[Any, Any, None]) -> bool:
+        """Run ``work`` on the asyncio engines' loop, without waiting; False (and ``work``
+        dropped) when there is no loop running."""
         loop = self._loop
         if loop is None or loop.is_closed():
-            engine.dispose(close=False)  # no loop to close them on: let them go
-            return
-        future = asyncio.run_coroutine_threadsafe(async_engine.dispose(), loop)
+            work.close()
+            return False
+        future = asyncio.run_coroutine_threadsafe(work, loop)
         self._disposing.add(future)
         future.add_done_callback(self._disposing.discard)
+        return True

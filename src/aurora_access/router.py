@@ -85,6 +85,7 @@ class Router:
     # -- binds for RoutingSession -------------------------------------------------------
 
     def writer_bind(self, session: RoutingSession, count: bool = True) -> Engine:
+        self.pools.touch()
         if count:
             self.stats.bump("writes" if session.wrote else "reads_on_writer")
         topology = self.current_topology()
@@ -95,6 +96,7 @@ class Router:
         return engine
 
     def reader_bind(self, session: RoutingSession, snapshot: bool = False) -> Engine:
+        self.pools.touch()
         topology = self.current_topology()
         endpoint = session.endpoint
         members = None if endpoint is None else self._members(endpoint, topology)

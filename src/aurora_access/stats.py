@@ -19,6 +19,7 @@ STAT_NAMES = (
     "iam_tokens_generated",
     "topology_refreshes",
     "writer_heartbeat_failures",
+    "idle_sleeps",  # times the monitor slept and closed idle connections (AURORA_IDLE_PAUSE_S)
 )
 
 
