@@ -31,24 +31,25 @@ def cluster() -> Iterator[LocalCluster]:
         yield with_demo_data(c)
 
 
-def admin(cluster: LocalCluster, sql: str) -> list[Any]:
-    """``sql`` as the superuser on the writer (privileges replicate to the readers)."""
-    engine = create_engine(cluster.admin_url(cluster.writer.id), isolation_level="AUTOCOMMIT")
+def run(url: str, sql: str) -> Any:
+    """``sql`` on one server (autocommit); its first value, if it returns rows."""
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
             result = conn.execute(text(sql))
-            return list(result) if result.returns_rows else []
+            return result.scalar() if result.returns_rows else None
     finally:
         engine.dispose()
+
+
+def admin(cluster: LocalCluster, sql: str, instance_id: str | None = None) -> Any:
+    """``sql`` as the superuser, on the writer unless ``instance_id`` (privileges granted or
+    revoked on the writer replicate to the readers)."""
+    return run(cluster.admin_url(instance_id or cluster.writer.id), sql)
 
 
 def as_app(cluster: LocalCluster, host: str, sql: str) -> Any:
-    engine = create_engine(cluster.app_url(host), isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            return conn.execute(text(sql)).scalar()
-    finally:
-        engine.dispose()
+    return run(cluster.app_url(host), sql)
 
 
 def stale_rounds(db: Database, rounds: int) -> int:
@@ -75,20 +76,11 @@ def test_the_local_cluster_answers_positions_as_aurora_does(cluster: LocalCluste
         admin(cluster, "UPDATE customers SET name = 'held' WHERE id = 8")
         written = as_app(cluster, cluster.writer.host, durable)
         read_at = as_app(cluster, reader.host, own_row)
-        replayed = admin_on(cluster, reader.id, "SELECT pg_last_wal_replay_lsn() - '0/0'")
+        replayed = admin(cluster, "SELECT pg_last_wal_replay_lsn() - '0/0'", reader.id)
         assert read_at == replayed < written  # the reader has not applied the update
         assert as_app(cluster, reader.host, "SELECT name FROM customers WHERE id = 8") != "held"
     cluster.wait_replayed()
     assert as_app(cluster, reader.host, own_row) >= written
-
-
-def admin_on(cluster: LocalCluster, instance_id: str, sql: str) -> Any:
-    engine = create_engine(cluster.admin_url(instance_id), isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            return conn.execute(text(sql)).scalar()
-    finally:
-        engine.dispose()
 
 
 def test_aurora_positions_with_the_pg_functions_revoked(cluster: LocalCluster) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, text
 from aurora_access import Database
 from aurora_access.errors import LocalClusterError
 from aurora_access.local import LocalCluster, free_port
+from aurora_access.local.layout import tcp_sockets
 from engines import where
 
 CYCLES = 20
@@ -29,19 +30,9 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
 
 
 def established_to(hosts: set[str]) -> list[str]:
-    """Open TCP connections of this machine to any of ``hosts`` (from /proc/net/tcp)."""
-    found = []
-    with open("/proc/net/tcp") as f:
-        next(f)
-        for line in f:
-            fields = line.split()
-            if fields[3] != "01":  # ESTABLISHED
-                continue
-            hex_addr = fields[2].split(":")[0]
-            address = ".".join(str(int(hex_addr[i:i + 2], 16)) for i in (6, 4, 2, 0))
-            if address in hosts:
-                found.append(address)
-    return found
+    """Open TCP connections of this machine to any of ``hosts``."""
+    return [remote for state, _, remote in tcp_sockets()
+            if state == "01" and remote.split(":")[0] in hosts]
 
 
 def test_an_added_reader_streams_and_a_removed_one_is_gone(cluster: LocalCluster) -> None:

@@ -10,6 +10,7 @@ watchdog, so a hung host cannot hold it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -57,6 +58,7 @@ class ClusterMonitor:
         # topology said (an instance rejoining after a failover is missing from it)
         self._seen: dict[str, Instance] = {}
         self._thread: threading.Thread | None = None
+        self._slept = False  # the pools were closed for idleness (``_idle``)
         #: set by the Database: whether the commit markers' table exists (to clean it up)
         self.markers_ready: Callable[[], bool] = lambda: False
         router.request_refresh = self._wake.set
@@ -370,10 +372,24 @@ class ClusterMonitor:
         self._pools.sleep({*self._seen, *self._instance_hosts(), s.cluster_endpoint,
                            s.reader_endpoint})
         self._stats.bump("idle_sleeps")
+        self._slept = True
         log.info("no statement for %.0f s: the monitor sleeps and idle connections are "
                  "closed (so that Serverless v2 instances can pause) until the next one",
                  idle_for)
         return True
+
+    def _wake_all(self) -> None:
+        """Back from idleness: ask every instance at once, so that those that paused resume
+        together instead of one after another as the application's reads reach them."""
+        topology = self._router.topology
+        for instance in [] if topology is None else topology.instances:
+            threading.Thread(target=self._ping, args=(instance.host,), daemon=True,
+                             name="aurora-access-wake").start()
+
+    def _ping(self, host: str) -> None:
+        with contextlib.suppress(Exception):  # a failure here is the monitor's to notice
+            self.query(host, self.dialect.is_reader_sql,
+                       timeout=self.settings.resume_timeout_s)
 
     def _loop(self) -> None:
         next_cleanup = time.monotonic()
@@ -384,6 +400,9 @@ class ClusterMonitor:
                 return
             if self._idle():
                 continue
+            if self._slept:
+                self._slept = False
+                self._wake_all()
             try:
                 self._heartbeat()
                 self.refresh_topology()

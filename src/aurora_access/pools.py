@@ -354,12 +354,16 @@ class InstancePools:
                 until = self._resume_until.get(host)
                 if until is None or time.monotonic() >= until \
                         or self._dialect.is_auth_failure(error):
-                    self._resume_until.pop(host, None)
                     raise
                 log.debug("%s is not answering yet (resuming?): %s", host, type(error).__name__)
                 self._blocking.sleep(0.05)
                 continue
-            self._resume_until.pop(host, None)
+            until = self._resume_until.get(host)
+            if until is not None:
+                # resumed: connections still on their way there (another thread's, one that
+                # timed out just before) get one more connect timeout, not the whole budget
+                self._resume_until[host] = min(until, time.monotonic()
+                                               + 2 * self._settings.connect_timeout)
             return connection
 
     def abort_in_use(self, host: str) -> int:

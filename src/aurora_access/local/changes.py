@@ -14,6 +14,7 @@ from ..topology import Instance
 from . import processes
 from .layout import FIRST_INSTANCE_OCTET, MAX_READERS, START_TIMEOUT_S, FailoverReport, Node
 from .nodes import ClusterNodes
+from .pausing import AUTO_PAUSED, AutoPause
 from .tls import TlsFiles
 
 log = logging.getLogger("aurora_access.local")
@@ -21,7 +22,11 @@ log = logging.getLogger("aurora_access.local")
 
 class ClusterChanges(ClusterNodes):
     """Faults and membership changes of a running ``LocalCluster``; each returns once the
-    cluster has settled (and says how long that took)."""
+    cluster has settled (and says how long that took). Each first wakes the instances it
+    needs that are auto-paused (at once, as Aurora's control plane does not wait for a
+    resume), so that none is frozen while it runs."""
+
+    _auto_pause: AutoPause
 
     # -- faults -------------------------------------------------------------------------
 
@@ -30,6 +35,7 @@ class ClusterChanges(ClusterNodes):
         began = time.monotonic()
         with self._lock:
             node = self._node(instance_id)
+            self._auto_pause.wake([node])
             self._kill(node)
             self._save()
         return time.monotonic() - began
@@ -40,6 +46,7 @@ class ClusterChanges(ClusterNodes):
         began = time.monotonic()
         with self._lock:
             node = self._node(instance_id)
+            self._auto_pause.wake()
             if node.pid and processes.is_alive(node.pid):
                 processes.signal_tree(node.pid, signal.SIGCONT)
                 processes.signal_all([node.pid], self._servers.stop_signal)
@@ -58,15 +65,20 @@ class ClusterChanges(ClusterNodes):
         are accepted by the kernel and then get no answer."""
         began = time.monotonic()
         with self._lock:
-            self._freeze(self._node(instance_id))
+            node = self._node(instance_id)
+            self._auto_pause.wake([node])  # the user's pause takes over an auto-pause
+            self._freeze(node)
             self._save()
         return time.monotonic() - began
 
     def resume(self, instance_id: str) -> float:
-        """Undo ``pause``."""
+        """Undo ``pause``; an auto-paused instance is woken at once."""
         began = time.monotonic()
         with self._lock:
             node = self._node(instance_id)
+            if node.state == AUTO_PAUSED:
+                self._auto_pause.wake([node])
+                return time.monotonic() - began
             if node.state != "paused" or node.pid is None:
                 raise LocalClusterError(f"instance {node.id} is {node.state}, not paused")
             processes.signal_tree(node.pid, signal.SIGCONT)
@@ -88,6 +100,7 @@ class ClusterChanges(ClusterNodes):
         must notice it by themselves. ``crash(id)`` and ``rejoin(id)`` bring it back later.
         """
         with self._lock:
+            self._auto_pause.wake()
             old = self._writer_node()
             began = time.monotonic()
             if hang_old_writer:
@@ -149,6 +162,7 @@ class ClusterChanges(ClusterNodes):
         LocalClusterError if one has not within ``timeout``."""
         began = time.monotonic()
         with self._lock:
+            self._auto_pause.wake()
             readers = [n.host for n in self.reader_nodes if n.state == "running"]
             self._servers.wait_replayed(self._writer_node().host, readers, began + timeout)
         return time.monotonic() - began
@@ -158,6 +172,7 @@ class ClusterChanges(ClusterNodes):
         ``failover(wait_for_old_writer=False)`` left undone)."""
         began = time.monotonic()
         with self._lock:
+            self._auto_pause.wake()
             node = self._node(instance_id)
             writer = self._writer_node()
             if node.role != "reader" or node.state == "running":
@@ -181,6 +196,7 @@ class ClusterChanges(ClusterNodes):
         log), streaming from the writer and in the reader endpoint's rotation. Returns it once
         it streams and has replayed the cluster's setup (the application's login)."""
         with self._lock:
+            self._auto_pause.wake()
             writer = self._writer_node()
             octet = self._newest_octet = self._free_octet()
             node = Node(id=str(octet), host=f"{self.prefix}.{octet}", role="reader")
@@ -217,6 +233,7 @@ class ClusterChanges(ClusterNodes):
         error, MariaDB closes them) and its data removed. Returns the seconds it took."""
         began = time.monotonic()
         with self._lock:
+            self._auto_pause.wake()
             node = self._node(instance_id)
             if node.role != "reader":
                 raise LocalClusterError(f"instance {node.id} is the writer: fail over before "

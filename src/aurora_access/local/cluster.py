@@ -28,7 +28,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -38,14 +37,12 @@ from pathlib import Path
 from types import TracebackType
 
 from ..errors import LocalClusterError
-from ..hosts import is_label
 from . import processes
 from .changes import ClusterChanges
 from .endpoints import EndpointControl
 from .layout import (
     CLUSTER_ENDPOINT_OCTET,
     CUSTOM_ENDPOINT_FIRST_OCTET,
-    CUSTOM_ENDPOINTS_MAX,
     FIRST_INSTANCE_OCTET,
     MAX_READERS,
     READER_ENDPOINT_OCTET,
@@ -53,12 +50,14 @@ from .layout import (
     STATE_FILE,
     Node,
     address_prefix,
+    check_custom_endpoints,
     cluster_processes,
     default_cache_dir,
     default_runtime_root,
     listening,
 )
 from .mysql import MariaDbServers
+from .pausing import AutoPause
 from .postgresql import PostgresServers, check_identifier
 from .tls import make_certificates
 
@@ -80,7 +79,9 @@ class LocalCluster(ClusterChanges):
     ``failover()`` as on Aurora. ``replica_lag_ms`` delays applying commits on readers; MariaDB
     delays in whole seconds, so there it is rounded up to whole seconds (0 stays 0).
     ``endpoint_delay_s`` keeps the cluster endpoint on the old writer that long after a
-    failover (Aurora's DNS lag).
+    failover (Aurora's DNS lag). ``auto_pause_s`` emulates Serverless v2's auto-pause: an
+    instance with no client connection that long is frozen (state ``auto-paused``) and the
+    next connection to it is held ``resume_s`` (default 1 s) until it resumes (``pausing.py``).
     """
 
     def __init__(
@@ -97,6 +98,8 @@ class LocalCluster(ClusterChanges):
         password: str | None = None,
         tls: bool = False,
         custom_endpoints: Mapping[str, Sequence[str]] | None = None,
+        auto_pause_s: float | None = None,
+        resume_s: float | None = None,
     ) -> None:
         if engine not in _ENGINES:
             raise LocalClusterError(f"engine {engine!r} is not supported by the local cluster; "
@@ -115,7 +118,7 @@ class LocalCluster(ClusterChanges):
         self.user = check_identifier("user", user)
         self.password = password or secrets.token_urlsafe(18)
         self.tls = tls
-        self.custom_endpoints = _check_custom_endpoints(custom_endpoints or {}, readers)
+        self.custom_endpoints = check_custom_endpoints(custom_endpoints or {}, readers)
         self.prefix = address_prefix(self.port)
         self._owns_dir = dir is None
         # made by start(), so a cluster that is never started leaves nothing behind
@@ -130,13 +133,14 @@ class LocalCluster(ClusterChanges):
         ]
         self._newest_octet = FIRST_INSTANCE_OCTET + readers
         self._children: dict[int, subprocess.Popen[bytes]] = {}
-        self._forwarder_pid: int | None = None
+        self._forwarder_pid = None
         self._control = EndpointControl(f"aurora-access-{self.prefix}-{self.port}")
         self._server_user = processes.ServerUser.for_this_process()
         self._servers = _ENGINES[engine](self._server_user, self.port, default_cache_dir())
         self._lock = threading.RLock()
         self.started_in_s: float | None = None
         self.recovered_stale: list[str] = []
+        self._auto_pause = AutoPause(self, auto_pause_s, resume_s)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -201,6 +205,7 @@ class LocalCluster(ClusterChanges):
                                         deadline)
             self._start_forwarder()
             self._save()
+            self._auto_pause.start()
         except BaseException:
             self.close()
             raise
@@ -243,6 +248,7 @@ class LocalCluster(ClusterChanges):
 
     def close(self) -> None:
         """Stop every process of the cluster and remove its data. Safe to call twice."""
+        self._auto_pause.stop()
         with self._lock:
             atexit.unregister(self.close)
             if self._forwarder_pid:
@@ -274,6 +280,7 @@ class LocalCluster(ClusterChanges):
     def detach(self) -> None:
         """Leave the cluster running after this process exits (``aurora-access local up``)."""
         atexit.unregister(self.close)
+        self._auto_pause.stop(wake=True)
         self._control.request({"op": "detach"})
         self._children.clear()
 
@@ -384,33 +391,6 @@ class LocalCluster(ClusterChanges):
         return (f"port {self.port}, cluster endpoint {self.cluster_host}, reader endpoint "
                 f"{self.reader_host}; " + "; ".join(parts))
 
-    def _start_forwarder(self) -> None:
-        config = {
-            "port": self.port, "cluster_host": self.cluster_host, "reader_host": self.reader_host,
-            "control": self._control.name, "writer": self._writer_node().host,
-            "readers": [n.host for n in self.reader_nodes],
-            "custom": {self.custom_endpoint_host(name): [f"{self.prefix}.{i}" for i in ids]
-                       for name, ids in self.custom_endpoints.items()},
-            # killed before it could close the cluster, this process takes its servers along
-            "owner_pid": os.getpid(), "state_file": str(self.dir / STATE_FILE),
-        }
-        path = self.dir / "endpoints.json"
-        path.write_text(json.dumps(config))
-        with open(self.dir / "endpoints.log", "ab") as out:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "aurora_access.local.endpoints", str(path)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self._children[child.pid] = child
-        self._forwarder_pid = child.pid
-        deadline = time.monotonic() + 10
-        while not self._control.ping():
-            if child.poll() is not None or time.monotonic() > deadline:
-                tail = (self.dir / "endpoints.log").read_text(errors="replace")[-1500:]
-                raise LocalClusterError(f"the endpoint forwarder did not start:\n{tail}")
-            time.sleep(0.005)
-
     def replica_lags(self) -> dict[str, float | None]:
         """Each instance's replica lag as the writer reports it (None: not streaming)."""
         reported = self._servers.replica_lags(self._writer_node().host)
@@ -420,22 +400,3 @@ class LocalCluster(ClusterChanges):
         """``host:port`` of every socket still listening on this cluster's addresses."""
         return [a for a in listening() if a.startswith(self.prefix + ".")
                 and a.endswith(f":{self.port}")]
-
-
-def _check_custom_endpoints(given: Mapping[str, Sequence[str]],
-                            readers: int) -> dict[str, tuple[str, ...]]:
-    """Custom endpoints' names and member ids, checked: at most 7 (addresses .4 to .10), each
-    naming instances the cluster starts with."""
-    ids = {str(octet) for octet in range(FIRST_INSTANCE_OCTET, FIRST_INSTANCE_OCTET + readers + 1)}
-    if len(given) > CUSTOM_ENDPOINTS_MAX:
-        raise LocalClusterError(f"at most {CUSTOM_ENDPOINTS_MAX} custom endpoints, not "
-                                f"{len(given)}")
-    checked: dict[str, tuple[str, ...]] = {}
-    for name, listed in given.items():
-        members = (listed,) if isinstance(listed, str) else tuple(listed)
-        if not is_label(name) or not members or not set(members) <= ids:
-            raise LocalClusterError(
-                f"custom endpoint {name!r}: a DNS label naming some of the instances "
-                f"{', '.join(sorted(ids))}, got {list(members)}")
-        checked[name] = members
-    return checked

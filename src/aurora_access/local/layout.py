@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import LocalClusterError
+from ..hosts import is_label
 from ..topology import Role
 from . import processes
 
@@ -53,7 +54,7 @@ class Node:
     host: str
     role: Role
     pid: int | None = None
-    state: str = "stopped"  # running | crashed | paused | stopped
+    state: str = "stopped"  # running | crashed | paused | auto-paused | stopped
 
 
 @dataclass(frozen=True)
@@ -73,17 +74,26 @@ class FailoverReport:
                 f"{self.promoted_s:.3f} s, accepting writes after {self.writable_s:.3f} s{back}")
 
 
-def listening() -> Iterator[str]:
-    """Listening IPv4 TCP sockets of this machine, from /proc/net/tcp."""
+def tcp_sockets() -> Iterator[tuple[str, str, str]]:
+    """IPv4 TCP sockets of this machine, from /proc/net/tcp: (state, local ``host:port``,
+    remote ``host:port``); the state as the kernel writes it (``0A`` listening, ``01``
+    established)."""
     with open("/proc/net/tcp") as f:
         next(f)
         for line in f:
             fields = line.split()
-            if fields[3] != "0A":  # TCP_LISTEN
-                continue
-            hex_addr, hex_port = fields[1].split(":")
-            octets = [str(int(hex_addr[i:i + 2], 16)) for i in (6, 4, 2, 0)]
-            yield f"{'.'.join(octets)}:{int(hex_port, 16)}"
+            yield fields[3], _address(fields[1]), _address(fields[2])
+
+
+def _address(field: str) -> str:
+    hex_addr, hex_port = field.split(":")
+    octets = [str(int(hex_addr[i:i + 2], 16)) for i in (6, 4, 2, 0)]
+    return f"{'.'.join(octets)}:{int(hex_port, 16)}"
+
+
+def listening() -> Iterator[str]:
+    """Listening IPv4 TCP sockets of this machine (``host:port``)."""
+    return (local for state, local, _ in tcp_sockets() if state == "0A")
 
 
 def free_port(readers: int = 2, first: int = 25432, tries: int = 200) -> int:
@@ -108,3 +118,22 @@ def cluster_processes(state: dict[str, Any]) -> list[int]:
     """Pids recorded in a state file that are still alive."""
     pids = [state.get("forwarder_pid")] + [n.get("pid") for n in state.get("nodes", [])]
     return [p for p in pids if p and processes.is_alive(p)]
+
+
+def check_custom_endpoints(given: Mapping[str, Sequence[str]],
+                            readers: int) -> dict[str, tuple[str, ...]]:
+    """Custom endpoints' names and member ids, checked: at most 7 (addresses .4 to .10), each
+    naming instances the cluster starts with."""
+    ids = {str(octet) for octet in range(FIRST_INSTANCE_OCTET, FIRST_INSTANCE_OCTET + readers + 1)}
+    if len(given) > CUSTOM_ENDPOINTS_MAX:
+        raise LocalClusterError(f"at most {CUSTOM_ENDPOINTS_MAX} custom endpoints, not "
+                                f"{len(given)}")
+    checked: dict[str, tuple[str, ...]] = {}
+    for name, listed in given.items():
+        members = (listed,) if isinstance(listed, str) else tuple(listed)
+        if not is_label(name) or not members or not set(members) <= ids:
+            raise LocalClusterError(
+                f"custom endpoint {name!r}: a DNS label naming some of the instances "
+                f"{', '.join(sorted(ids))}, got {list(members)}")
+        checked[name] = members
+    return checked

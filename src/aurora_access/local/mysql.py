@@ -162,6 +162,8 @@ class MariaDbServers:
     stop_signal = signal.SIGTERM
     default_port = DEFAULT_PORT
     url_scheme = "mysql+pymysql"
+    # one process: its only connections to other instances are its replica's
+    replication_process = "mariadbd"
 
     def __init__(self, user: ServerUser, port: int, cache_dir: Path) -> None:
         self.user = user
@@ -472,6 +474,25 @@ class MariaDbServers:
     def set_members(self, members: list[tuple[Path, str]], writer_host: str,
                     all_ids: list[str]) -> None:
         """Nothing to do: semi-synchronous replication takes any reader's acknowledgement."""
+
+    def set_synchronous(self, homes: list[Path], writer_pid: int | None,
+                        awake_ids: list[str]) -> None:
+        """Nothing to do: semi-synchronous replication waits for connected replicas only, and
+        an auto-paused reader's is disconnected (``pause_replication``)."""
+
+    def pause_replication(self, host: str) -> None:
+        """Disconnect a reader's replica before it is frozen. A frozen replica stays
+        connected and never acknowledges: each commit would then wait
+        ``SEMI_SYNC_TIMEOUT_MS`` (measured: 5.0 s) before the writer falls back to
+        asynchronous replication. With no replica connected the writer
+        (``rpl-semi-sync-master-wait-no-slave = OFF``) commits asynchronously at once."""
+        with self.connect(host, read_timeout=5) as conn, conn.cursor() as cur:
+            cur.execute("STOP SLAVE IO_THREAD")
+
+    def resume_replication(self, host: str) -> None:
+        """Reconnect a continued reader's replica (semi-sync is back once it caught up)."""
+        with self.connect(host, read_timeout=5) as conn, conn.cursor() as cur:
+            cur.execute("START SLAVE IO_THREAD")
 
     def rewind(self, home: Path, instance_id: str, writer_host: str) -> None:
         """Turn a stopped former writer into a reader of ``writer_host`` (not started).

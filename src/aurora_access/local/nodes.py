@@ -4,8 +4,11 @@ until they stream), shared by the cluster's life cycle (``cluster.py``) and its 
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +20,7 @@ from ..errors import LocalClusterError
 from ..topology import Instance
 from . import processes
 from .endpoints import EndpointControl
-from .layout import Node, listening
+from .layout import STATE_FILE, Node, listening
 from .mysql import MariaDbServers
 from .postgresql import PostgresServers
 
@@ -34,6 +37,10 @@ class ClusterNodes:
     replica_lag_ms: int
     endpoint_delay_s: float
     tls: bool
+    cluster_host: str
+    reader_host: str
+    custom_endpoints: dict[str, tuple[str, ...]]
+    _forwarder_pid: int | None
     _nodes: list[Node]
     _servers: PostgresServers | MariaDbServers
     _control: EndpointControl
@@ -44,6 +51,10 @@ class ClusterNodes:
 
     def _save(self) -> None:
         """Write the cluster's state file (``LocalCluster``)."""
+        raise NotImplementedError
+
+    def custom_endpoint_host(self, name: str) -> str:
+        """The address of custom endpoint ``name`` (``LocalCluster``)."""
         raise NotImplementedError
 
     def _instance(self, node: Node) -> Instance:
@@ -66,7 +77,8 @@ class ClusterNodes:
         return [n for n in self._nodes if n.role == "reader"]
 
     def state(self, instance_id: str) -> str:
-        """``running``, ``crashed``, ``paused`` or ``stopped``."""
+        """``running``, ``crashed``, ``paused`` (by ``pause``), ``auto-paused`` (idle, with
+        ``auto_pause_s``) or ``stopped``."""
         return self._node(instance_id).state
 
     def _home(self, node: Node) -> Path:
@@ -136,3 +148,29 @@ class ClusterNodes:
         with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
             return list(pool.map(lambda job: job(), jobs))
 
+    def _start_forwarder(self) -> None:
+        config = {
+            "port": self.port, "cluster_host": self.cluster_host, "reader_host": self.reader_host,
+            "control": self._control.name, "writer": self._writer_node().host,
+            "readers": [n.host for n in self.reader_nodes],
+            "custom": {self.custom_endpoint_host(name): [f"{self.prefix}.{i}" for i in ids]
+                       for name, ids in self.custom_endpoints.items()},
+            # killed before it could close the cluster, this process takes its servers along
+            "owner_pid": os.getpid(), "state_file": str(self.dir / STATE_FILE),
+        }
+        path = self.dir / "endpoints.json"
+        path.write_text(json.dumps(config))
+        with open(self.dir / "endpoints.log", "ab") as out:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "aurora_access.local.endpoints", str(path)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._children[child.pid] = child
+        self._forwarder_pid = child.pid
+        deadline = time.monotonic() + 10
+        while not self._control.ping():
+            if child.poll() is not None or time.monotonic() > deadline:
+                tail = (self.dir / "endpoints.log").read_text(errors="replace")[-1500:]
+                raise LocalClusterError(f"the endpoint forwarder did not start:\n{tail}")
+            time.sleep(0.005)

@@ -34,7 +34,7 @@ from typing import Any
 import psycopg
 
 from ..errors import LocalClusterError
-from .processes import ServerUser, cached_template, wait_connect
+from .processes import ServerUser, cached_template, signal_all, wait_connect
 from .tls import TlsFiles
 
 DEFAULT_PORT = 15432
@@ -249,6 +249,8 @@ class PostgresServers:
     stop_signal = signal.SIGINT  # "fast" shutdown
     default_port = DEFAULT_PORT
     url_scheme = "postgresql+psycopg"
+    # the process of a reader whose connection to the writer is replication, not a client's
+    replication_process = "walreceiver"
 
     def __init__(self, user: ServerUser, port: int, cache_dir: Path) -> None:
         self.user = user
@@ -463,13 +465,36 @@ class PostgresServers:
                     all_ids: list[str]) -> None:
         """The instances changed: every instance's synchronous standby list names them all
         (whichever becomes the writer), and the writer applies it now."""
-        line = f"synchronous_standby_names = '{self._sync_standbys(all_ids)}'"
-        for home, _host in members:
+        self._write_synchronous([home for home, _host in members], all_ids)
+        with psycopg.connect(self.conninfo(writer_host), autocommit=True) as conn:
+            conn.execute("SELECT pg_reload_conf()")
+
+    def set_synchronous(self, homes: list[Path], writer_pid: int | None,
+                        awake_ids: list[str]) -> None:
+        """Auto-pause: commits wait for any one of ``awake_ids`` only (the writer's own id
+        included, as in ``set_members``), so that no commit waits for a frozen reader. With
+        no reader awake the list is empty and commits are local: acknowledged before any
+        reader has them, where Aurora's shared storage would have them durable. Applied with
+        SIGHUP to the writer's postmaster rather than SQL, which a frozen writer could not
+        answer: it applies the signal once continued."""
+        self._write_synchronous(homes, awake_ids)
+        if writer_pid is not None:
+            signal_all([writer_pid], signal.SIGHUP)
+
+    def _write_synchronous(self, homes: list[Path], ids: list[str]) -> None:
+        line = f"synchronous_standby_names = '{self._sync_standbys(ids)}'"
+        for home in homes:
             conf = home / "instance.conf"
             conf.write_text(re.sub(r"^synchronous_standby_names = .*$", line, conf.read_text(),
                                    flags=re.M))
-        with psycopg.connect(self.conninfo(writer_host), autocommit=True) as conn:
-            conn.execute("SELECT pg_reload_conf()")
+
+    def pause_replication(self, host: str) -> None:
+        """Nothing to do before a reader is frozen: ``set_synchronous`` leaves it out of the
+        writer's synchronous list, and its WAL connection may stay open (a walsender waits
+        on it ``wal_sender_timeout``, then the walreceiver reconnects once continued)."""
+
+    def resume_replication(self, host: str) -> None:
+        """Nothing to do once a reader is continued: its walreceiver carries on by itself."""
 
     @staticmethod
     def _sync_standbys(all_ids: list[str]) -> str:
