@@ -63,7 +63,7 @@ def test_reads_follow_readers_added_and_removed(cluster: LocalCluster) -> None:
     """8 threads read while a reader is added and removed 20 times: no read fails, each new
     reader serves reads within a topology refresh or so of being added, and nothing is left
     connected to a removed one."""
-    db = Database.from_env({**cluster.env(), "AURORA_TOPOLOGY_REFRESH_S": "0.5"})
+    db = Database.from_env({**cluster.env(), "AURORA_TOPOLOGY_REFRESH_S": "0.25"})
     served: list[tuple[float, str]] = []
     errors: list[BaseException] = []
     stop = threading.Event()

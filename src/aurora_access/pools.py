@@ -279,8 +279,10 @@ class InstancePools:
 
         @event.listens_for(engine.pool, "checkout")
         def _checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-            if not probes:
-                self.touch()  # Core and Alembic through db.engine() too
+            if not probes:  # Core and Alembic through db.engine() count too
+                self.last_used = time.monotonic()
+                if self.idle:
+                    self.touch()
             if self._dialect.idle_connection_lost(dbapi_connection):
                 # a connection whose server went away (a crash, a failover) is replaced
                 # before a statement fails on it (a transaction's first statement, a read to

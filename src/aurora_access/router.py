@@ -47,6 +47,7 @@ log = logging.getLogger("aurora_access")
 T = TypeVar("T")
 
 _RYW_POLL_S = 0.002
+_NOTHING: frozenset[str] = frozenset()
 
 
 class Router:
@@ -85,7 +86,10 @@ class Router:
     # -- binds for RoutingSession -------------------------------------------------------
 
     def writer_bind(self, session: RoutingSession, count: bool = True) -> Engine:
-        self.pools.touch()
+        pools = self.pools  # the application is using the database (wake up after idling)
+        pools.last_used = time.monotonic()
+        if pools.idle:
+            pools.touch()
         if count:
             self.stats.bump("writes" if session.wrote else "reads_on_writer")
         topology = self.current_topology()
@@ -96,7 +100,10 @@ class Router:
         return engine
 
     def reader_bind(self, session: RoutingSession, snapshot: bool = False) -> Engine:
-        self.pools.touch()
+        pools = self.pools  # as in writer_bind
+        pools.last_used = time.monotonic()
+        if pools.idle:
+            pools.touch()
         topology = self.current_topology()
         endpoint = session.endpoint
         members = None if endpoint is None else self._members(endpoint, topology)
@@ -151,7 +158,8 @@ class Router:
         only instances the read may use (else those of exclusive endpoints are left out)."""
         max_lag = self.settings.max_replica_lag_ms
         endpoint_read = members is not None
-        left_out = self._excluded(topology) if members is None else frozenset()
+        left_out = self._excluded(topology) if members is None and self.endpoints.exclusive \
+            else _NOTHING
         usable = [r for r in topology.readers if r.id not in self.unhealthy
                   and (members is None or r.id in members) and r.id not in left_out
                   and (r.lag_ms is None or r.lag_ms <= max_lag)]
