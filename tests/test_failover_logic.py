@@ -70,6 +70,25 @@ def test_discovery_keeps_probing_until_a_reader_is_promoted() -> None:
     assert discovery.find(lambda: ["a", "b"]) == "b"
 
 
+def test_a_hung_host_does_not_slow_the_rounds_of_the_others() -> None:
+    """The writer is promoted 0.3 s in, while one host's probes hang 3 s each (a host starting
+    up or frozen): it is found at the next round after its promotion, not after the hung
+    probe ends (which took a whole connect timeout per round before)."""
+    promoted_at = time.monotonic() + 0.3
+
+    def probe(host: str) -> bool:
+        if host == "hung":
+            time.sleep(3)
+            raise TimeoutError("connection timeout expired")
+        return host == "b" and time.monotonic() > promoted_at
+
+    began = time.monotonic()
+    found = WriterDiscovery(probe, timeout=10, retry_interval=0.01).find(
+        lambda: ["hung", "a", "b"])
+    assert found == "b"
+    assert time.monotonic() - began < 1
+
+
 def test_discovery_gives_up_after_the_timeout_naming_what_it_saw() -> None:
     def probe(host: str) -> bool:
         if host == "a":

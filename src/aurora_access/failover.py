@@ -110,30 +110,33 @@ class WriterDiscovery:
                 self._running = None
 
     def _search(self, hosts: Callable[[], Sequence[str]]) -> str:
+        """Probe every candidate in parallel, again and again until one is the writer. A host
+        that answered is asked again ``retry_interval`` later; one whose probe hangs (a frozen
+        host, one starting up: its connect waits AURORA_CONNECT_TIMEOUT) is not waited for,
+        so it cannot hold back the others' next answers."""
         began = time.monotonic()
         deadline = began + self._timeout
         last_errors: dict[str, str] = {}
+        in_flight: dict[Future[bool], str] = {}
         # not a with block: leaving it would wait for probes still hanging on a dead host
         pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="aurora-access-probe")
         try:
             while True:
-                candidates = list(dict.fromkeys(hosts()))
-                futures = {pool.submit(self._probe, host): host for host in candidates}
-                pending = set(futures)
-                while pending:
-                    done, pending = wait(pending, timeout=max(0.0, deadline - time.monotonic()),
-                                         return_when=FIRST_COMPLETED)
-                    for future in done:
-                        host = futures[future]
-                        try:
-                            if future.result():
-                                log.warning("writer found at %s after %.3f s", host,
-                                            time.monotonic() - began)
-                                return host
-                        except Exception as exc:
-                            last_errors[host] = f"{type(exc).__name__}: {exc}"[:200]
-                    if not done:
-                        break  # the deadline passed while probes still hang
+                asking = set(in_flight.values())
+                for host in dict.fromkeys(hosts()):
+                    if host not in asking:
+                        in_flight[pool.submit(self._probe, host)] = host
+                done, _ = wait(list(in_flight), timeout=max(0.0, deadline - time.monotonic()),
+                               return_when=FIRST_COMPLETED)
+                for future in done:
+                    host = in_flight.pop(future)
+                    try:
+                        if future.result():
+                            log.warning("writer found at %s after %.3f s", host,
+                                        time.monotonic() - began)
+                            return host
+                    except Exception as exc:
+                        last_errors[host] = f"{type(exc).__name__}: {exc}"[:200]
                 if time.monotonic() + self._retry_interval >= deadline:
                     break
                 time.sleep(self._retry_interval)
