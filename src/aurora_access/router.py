@@ -180,8 +180,8 @@ class Router:
             return self._pick(usable)
         # a custom endpoint's read has no writer to fall back on: it may wait as long as a
         # reader within the lag limit can take to replay a commit
-        wait_ms = self.settings.ryw_wait_ms if endpoint_read is False else max(
-            self.settings.ryw_wait_ms, self.settings.max_replica_lag_ms)
+        wait_ms = max(self.settings.ryw_wait_ms, self.settings.max_replica_lag_ms) \
+            if endpoint_read else self.settings.ryw_wait_ms
         if self.lag_mode:
             return self._choose_by_lag(usable, max(m.committed_ns for m in marks), wait_ms)
         return self._choose_by_position(usable, marks, wait_ms)
@@ -192,8 +192,6 @@ class Router:
         return self.endpoints.members(endpoint, [i.id for i in topology.instances])
 
     def _excluded(self, topology: Topology) -> frozenset[str]:
-        if not self.endpoints.exclusive:
-            return frozenset()
         if self.endpoints.must_ask():
             self.blocking.run(self.endpoints.refresh, True)
         return self.endpoints.excluded([i.id for i in topology.instances])

@@ -181,12 +181,22 @@ class MySqlDialect:
         from the server's last OK packet, no round trip). Nothing weaker: whether a
         transaction is open cannot be told that way, since PyMySQL takes no status flags from
         a SELECT's result, and a transaction that only read (FOR UPDATE, say) would stay open
-        in the pool, holding its locks (found by the examples' tests)."""
+        in the pool, holding its locks (found by the examples' tests). A rollback on a
+        connection whose server is gone has nothing to undo and does not fail."""
         rollback = engine.dialect.do_rollback
 
         def do_rollback(dbapi_connection: Any) -> None:
-            if not dbapi_connection.get_autocommit():
+            if dbapi_connection.get_autocommit():
+                return
+            try:
                 rollback(dbapi_connection)
+            except Exception as error:
+                # The server is gone, and its transaction with it: nothing is left to roll
+                # back. (Raised while the pool resets a returned connection, SQLAlchemy logs
+                # a traceback at ERROR for every connection of a failed writer, as aiomysql's
+                # do; the dead connection is replaced at its next checkout.)
+                if not self.classify(error).instance_failed:
+                    raise
 
         engine.dialect.do_rollback = do_rollback  # type: ignore[method-assign]
 
