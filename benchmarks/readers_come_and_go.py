@@ -84,16 +84,18 @@ def main() -> None:
         return (f"median {statistics.median(values) * 1000:.0f} ms, "
                 f"max {max(values) * 1000:.0f} ms")
 
-    print(f"{args.engine}, {args.threads} threads reading, {args.cycles} readers added and "
+    print(f"(a) {args.engine}: {args.threads} threads reading, {args.cycles} readers added and "
           f"removed, AURORA_TOPOLOGY_REFRESH_S={args.refresh}")
-    print(f"- add_reader(): {ms(adds)}; remove_reader(): {ms(removes)}")
-    print(f"- first read served by the new reader after add_reader() returned: "
-          f"{ms(first_reads)}")
-    print(f"- reads: {len(served)}, errors: {len(errors)} {sorted(set(errors))}, "
-          f"retries: {stats['retries']}")
-    print(f"- read latency: p50 {latencies[len(latencies) // 2] * 1000:.2f} ms, "
-          f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.2f} ms, "
-          f"max {latencies[-1] * 1000:.0f} ms")
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| add_reader() | {ms(adds)} |")
+    print(f"| remove_reader() | {ms(removes)} |")
+    print(f"| first read served by the new reader after add_reader() returned | "
+          f"{ms(first_reads)} |")
+    print(f"| reads, errors, retried | {len(served)}, {len(errors)} "
+          f"{sorted(set(errors)) or ''}, {stats['retries']} |")
+    print(f"| read latency p50 / p99 / max | {latencies[len(latencies) // 2] * 1000:.2f} / "
+          f"{latencies[int(len(latencies) * 0.99)] * 1000:.2f} / {latencies[-1] * 1000:.0f} ms |")
 
 
 if __name__ == "__main__":

@@ -177,6 +177,14 @@ def main() -> None:
          lambda: _tables(_run(["benchmarks/mysql_async_drivers.py", *asyncio_quick]))),
         ("Async peer: advanced-alchemy's routing session (`benchmarks/async_peer.py`)",
          lambda: _tables(_run(["benchmarks/async_peer.py", *asyncio_quick]))),
+        ("Readers added and removed under load, PostgreSQL "
+         "(`benchmarks/readers_come_and_go.py`)",
+         lambda: _tables(_run(["benchmarks/readers_come_and_go.py",
+                               *(["--cycles", "5"] if quick else [])]))),
+        ("Readers added and removed under load, MySQL "
+         "(`benchmarks/readers_come_and_go.py --engine mysql`)",
+         lambda: _tables(_run(["benchmarks/readers_come_and_go.py", "--engine", "mysql",
+                               *(["--cycles", "5"] if quick else [])]))),
     ]
     sections = [("Machine", _machine())] + [
         (title, run()) for title, run in runs if args.only is None or args.only in title]
