@@ -1,6 +1,7 @@
 """MariaDB servers for the local cluster: template, replication, promotion, Aurora metadata.
 
-Every piece of MariaDB-specific SQL and server handling of the local cluster lives here;
+Every piece of MariaDB-specific SQL and server handling of the local cluster lives here
+(what instances are made from: ``mariadb_template.py``);
 ``cluster.py`` orchestrates through the same methods as ``PostgresServers``.
 
 How an instance is laid out (``<cluster dir>/<instance id>/``):
@@ -21,10 +22,8 @@ writer and replication carries to the readers. An instance's id is its ``@@serve
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import signal
@@ -37,98 +36,23 @@ import pymysql
 import pymysql.cursors
 
 from ..errors import LocalClusterError
+from .mariadb_template import (
+    SEMI_SYNC_TIMEOUT_MS,
+    SERVER_CNF,
+    SUPERUSER,
+    TEMPLATE_KEY,
+    build_template,
+    find_binaries,
+)
 from .processes import ServerUser, cached_template, wait_connect
 from .tls import TlsFiles
 
 DEFAULT_PORT = 13306
-SUPERUSER = "root"
-# Past this a commit stops waiting for a reader's acknowledgement and the writer replicates
-# asynchronously until a reader has caught up again (then semi-sync switches back on).
-SEMI_SYNC_TIMEOUT_MS = 5000
 REPLICATION_FILE = "replication.json"
-
-# Shared by the template server and every instance (InnoDB's files must match).
-_SERVER_CNF = f"""
-# aurora-access local cluster (test data only: durability comes from semi-synchronous replication;
-# a crash of the process, which is all we emulate, loses nothing the OS has been handed)
-skip-name-resolve
-performance-schema = OFF
-character-set-server = utf8mb4
-collation-server = utf8mb4_general_ci
-max-connections = 300
-table-open-cache = 400
-innodb-buffer-pool-size = 32M
-innodb-log-file-size = 16M
-innodb-flush-method = fsync
-innodb-use-native-aio = 0
-innodb-flush-log-at-trx-commit = 2
-sync-binlog = 0
-binlog-format = ROW
-log-slave-updates = ON
-gtid-strict-mode = ON
-slave-net-timeout = 10
-rpl-semi-sync-master-enabled = ON
-rpl-semi-sync-slave-enabled = ON
-rpl-semi-sync-master-wait-point = AFTER_SYNC
-rpl-semi-sync-master-wait-no-slave = OFF
-rpl-semi-sync-master-timeout = {SEMI_SYNC_TIMEOUT_MS}
-"""
-
-# Made in the template with the binary log off, so every instance starts with it and an empty
-# GTID history. The view has Aurora MySQL's column names.
-_METADATA_SQL = """
-CREATE USER 'root'@'127.%';
-GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.%' WITH GRANT OPTION;
-CREATE DATABASE aurora_local;
-CREATE TABLE aurora_local.instances (
-  server_id varchar(64) PRIMARY KEY,
-  session_id varchar(100) NOT NULL,
-  replica_lag_in_milliseconds double NOT NULL
-);
-CREATE TABLE aurora_local.heartbeat (id int PRIMARY KEY, written_at datetime(6) NOT NULL);
-CREATE SQL SECURITY DEFINER VIEW aurora_local.replica_host_status AS
-  SELECT server_id AS SERVER_ID, session_id AS SESSION_ID, 0 AS IOPS, 0 AS READ_IOS,
-         0 AS PENDING_READ_IOS, 0.0 AS CPU, NULL AS DURABLE_LSN, 0 AS LAST_TRANSPORT_ERROR,
-         NULL AS LAST_ERROR_TIMESTAMP, utc_timestamp(6) AS LAST_UPDATE_TIMESTAMP,
-         replica_lag_in_milliseconds * 1000 AS MASTER_SLAVE_LATENCY_IN_MICROSECONDS,
-         replica_lag_in_milliseconds AS REPLICA_LAG_IN_MILLISECONDS, 1 AS IS_CURRENT
-  FROM aurora_local.instances
-"""
-
-_INSTALL_ARGS = ("--no-defaults", "--auth-root-authentication-method=normal", "--skip-test-db",
-                 "--innodb-log-file-size=16M")
-
-# The template's identity: a change here or in the server's version makes a new template.
-_TEMPLATE_KEY = hashlib.sha256(
-    (_SERVER_CNF + _METADATA_SQL + " ".join(_INSTALL_ARGS)).encode()).hexdigest()[:12]
-
-_BINARIES = ("mariadbd", "mariadb-install-db")
-
 # Accounts and topology live in Aurora's shared storage, so no reader lags behind on them: a
 # session that changes them backdates its events, and MASTER_DELAY (which counts from an
 # event's timestamp) applies them on readers at once.
 _UNDELAYED = "SET timestamp = unix_timestamp() - 86400"
-
-
-def find_binaries() -> dict[str, Path]:
-    """MariaDB's server binaries by name, or an error saying how to install them."""
-    override = os.environ.get("AURORA_LOCAL_MARIADB_BINDIR")
-    dirs = [Path(override)] if override else [Path("/usr/sbin"), Path("/usr/bin")]
-    found: dict[str, Path] = {}
-    for name in _BINARIES:
-        on_path = None if override else shutil.which(name)
-        candidates = [Path(on_path)] if on_path else [d / name for d in dirs]
-        hit = next((c for c in candidates if c.is_file()), None)
-        if hit is not None:
-            found[name] = hit
-    missing = [name for name in _BINARIES if name not in found]
-    if missing:
-        where = override or "PATH, /usr/sbin and /usr/bin"
-        raise LocalClusterError(
-            f"MariaDB server binaries ({', '.join(missing)}) not found in {where}. Install "
-            "them (Debian/Ubuntu: apt-get install mariadb-server; Fedora: dnf install "
-            "mariadb-server) or point AURORA_LOCAL_MARIADB_BINDIR at their directory.")
-    return found
 
 
 def replica_delay_s(replica_lag_ms: int) -> int:
@@ -182,34 +106,11 @@ class MariaDbServers:
 
     def template(self) -> Path:
         """The cached template datadir, made on first use (about 1 s)."""
-        return cached_template(self.cache_dir, f"mariadb-{self.server_version}-{_TEMPLATE_KEY}",
+        return cached_template(self.cache_dir, f"mariadb-{self.server_version}-{TEMPLATE_KEY}",
                                self.user, "aurora_local", self._build_template)
 
     def _build_template(self, work: Path) -> None:
-        data, sock = work / "data", work / "sock"
-        self.user.run([self.binaries["mariadb-install-db"], *_INSTALL_ARGS, f"--datadir={data}"])
-        conf = work / "my.cnf"
-        conf.write_text(f"[mariadbd]\n{_SERVER_CNF}\ndatadir = {data}\nsocket = {sock}\n"
-                        f"pid-file = {work / 'mariadbd.pid'}\nskip-networking\nskip-log-bin\n")
-        server = self.user.popen([self.binaries["mariadbd"], f"--defaults-file={conf}"],
-                                 work / "template.log", detach=True)
-        try:
-            conn = wait_connect(
-                lambda: pymysql.connect(unix_socket=str(sock), user=SUPERUSER, autocommit=True),
-                pymysql.err.OperationalError, time.monotonic() + 30, "the template server",
-                work / "template.log")
-            with conn, conn.cursor() as cur:
-                # the install's other root accounts (by host name, ::1) are not ours to keep
-                cur.execute("SELECT host FROM mysql.user WHERE user = 'root' "
-                            "AND host <> 'localhost'")
-                for (host,) in cur.fetchall():
-                    cur.execute("DROP USER 'root'@%s", (host,))
-                for statement in _METADATA_SQL.split(";"):
-                    if statement.strip():
-                        cur.execute(statement)
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(30)
+        build_template(work, self.binaries, self.user)
 
     # -- instances ----------------------------------------------------------------------
 
@@ -218,7 +119,7 @@ class MariaDbServers:
                   tls: TlsFiles | None = None) -> None:
         """Write the instance's ``my.cnf`` and whom it follows (a reader: ``writer_host``)."""
         lines = [
-            "[mariadbd]", _SERVER_CNF,
+            "[mariadbd]", SERVER_CNF,
             f"datadir = {home / 'data'}",
             f"socket = {home / 'mariadbd.sock'}",
             f"pid-file = {home / 'mariadbd.pid'}",
