@@ -25,7 +25,7 @@ import time
 import weakref
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from sqlalchemy import URL, Engine
 
@@ -83,8 +83,10 @@ class BaseDatabase:
     asynchronous: ClassVar[bool] = False
     _transactions: TransactionRunner
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, meter_provider: Any = None) -> None:
         self.settings = settings
+        #: an OpenTelemetry MeterProvider that records the metrics of ``otel.py`` (None: none)
+        self.meter_provider = meter_provider
         self._build()
         self._inherited: list[object] = []  # a forked child's parts of its parent (below)
         _LIVE.add(self)
@@ -105,6 +107,12 @@ class BaseDatabase:
         self._monitor = ClusterMonitor(settings, self.dialect, self._pools, self._router,
                                        self._stats)
         self._pools.on_commit = self._router.committed  # Core, create_all, Alembic
+        if self.meter_provider is not None:
+            from .otel import OtelObserver  # noqa: PLC0415 - only with metrics asked for
+
+            observer = OtelObserver(self.meter_provider, settings.engine, self._router,
+                                    self._pools, self._stats)
+            self._router.observer = self._pools.observer = observer
         self._started = StartOnce(self._start)
         self._router.start = self._started
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from typing import Generic, Literal, TypeVar, cast
+from typing import Any, Generic, Literal, TypeVar, cast
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -40,8 +40,9 @@ class Database(BaseDatabase, Generic[SessionT]):
     thread and closes every pool.
     """
 
-    def __init__(self, settings: Settings, session_class: type[SessionT] | None = None) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: Settings, session_class: type[SessionT] | None = None, *,
+                 meter_provider: Any = None) -> None:
+        super().__init__(settings, meter_provider)
         #: the routing Session class of this Database, for frameworks that take a class
         self.session_class: type[SessionT] = cast(
             "type[SessionT]", routing_session_class(session_class, self._router))
@@ -51,10 +52,13 @@ class Database(BaseDatabase, Generic[SessionT]):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, prefix: str = "AURORA_", *,
-                 session_class: type[SessionT] | None = None) -> Database[SessionT]:
+                 session_class: type[SessionT] | None = None,
+                 meter_provider: Any = None) -> Database[SessionT]:
         """A Database configured from ``AURORA_*`` variables (``environ``, default
-        ``os.environ``); ConfigError naming the variable if one is missing or malformed."""
-        return cls(Settings.from_env(environ, prefix), session_class=session_class)
+        ``os.environ``); ConfigError naming the variable if one is missing or malformed.
+        ``meter_provider``: an OpenTelemetry MeterProvider for its metrics (``otel.py``)."""
+        return cls(Settings.from_env(environ, prefix), session_class=session_class,
+                   meter_provider=meter_provider)
 
     def _routing_class(self) -> type[RoutingSession]:
         return cast("type[RoutingSession]", self.session_class)

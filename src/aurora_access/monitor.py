@@ -168,7 +168,13 @@ class ClusterMonitor:
         log.warning("writer %s failed (%s): looking for the writer", failed.id, kind.value)
         self._pools.discard(failed.host)
         self._router.writer_engine = None
-        host = self._discovery.find(self._instance_hosts)
+        began = time.monotonic()
+        try:
+            host = self._discovery.find(self._instance_hosts)
+        except NoWriterAvailable:
+            self._router.observer.writer_discovery(time.monotonic() - began, False)
+            raise
+        self._router.observer.writer_discovery(time.monotonic() - began, True)
         with self._topology_lock:
             old = self._router.current_topology()
             if old.writer.host == host:

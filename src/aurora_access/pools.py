@@ -35,6 +35,7 @@ from sqlalchemy.util.concurrency import in_greenlet
 from .auth import Credentials
 from .blocking import Blocking
 from .dialects import EngineDialect, takes_writes
+from .observe import NO_OBSERVER, Observer
 from .settings import Settings
 from .topology import Instance
 
@@ -110,6 +111,8 @@ class InstancePools:
         self._lost: dict[str, float] = {}
         # DBAPI connections in use, per host: what to cut when that host hangs
         self._in_use: dict[str, set[Any]] = {}
+        #: told of new connections (metrics exporters)
+        self.observer: Observer = NO_OBSERVER
         #: when the application last used a connection (the library's probes do not count)
         self.last_used = time.monotonic()
         #: whether the pools were closed for idleness (``sleep``) and not used since
@@ -316,6 +319,7 @@ class InstancePools:
         # already (a password, a token signed lately) costs no thread
         _apply(credentials.cached(host, port) or blocking.run(credentials.login, host, port),
                cparams)
+        began = time.monotonic()
         try:
             try:
                 connection = self._connect_resuming(dialect, cargs, cparams, host)
@@ -336,6 +340,7 @@ class InstancePools:
                     "rebuilt or replaced)") from error
             raise
         self._accepted.add(host)
+        self.observer.connection_created(host, time.monotonic() - began)
         ours.connected(connection)
         if for_writer and not takes_writes(ours, connection):
             # the host taken for the writer no longer is: a failover the monitor has not
@@ -367,6 +372,20 @@ class InstancePools:
                 self._resume_until[host] = min(until, time.monotonic()
                                                + 2 * self._settings.connect_timeout)
             return connection
+
+    def pool_sizes(self) -> list[tuple[str, int, int, int]]:
+        """(host, idle, in use, most it may open) over every pool of each host (metrics)."""
+        sizes: dict[str, list[int]] = {}
+        s = self._settings
+        for (host, _port, kind), engine in list(self._engines.items()):
+            pool: Any = engine.pool
+            most = PROBE_POOL_SIZE + PROBE_MAX_OVERFLOW if kind in ("probes", "async_probes") \
+                else s.pool_size + s.max_overflow
+            counts = sizes.setdefault(host, [0, 0, 0])
+            counts[0] += int(pool.checkedin())
+            counts[1] += int(pool.checkedout())
+            counts[2] += most
+        return [(host, idle, used, most) for host, (idle, used, most) in sizes.items()]
 
     def abort_in_use(self, host: str) -> int:
         """Cut every connection to ``host`` now in use (a hung instance); returns how many."""

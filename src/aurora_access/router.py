@@ -35,6 +35,7 @@ from .dialects import EngineDialect
 from .endpoints import CustomEndpoints
 from .errors import EndpointUnavailable, NoWriterAvailable
 from .failover import ErrorKind
+from .observe import NO_OBSERVER, Observer
 from .pools import InstancePools
 from .settings import Settings
 from .stats import Stats
@@ -69,6 +70,8 @@ class Router:
         self.replica_position = replica_position  # raises if the reader does not answer
         self.replica_positions = ReplicaPositions(self.blocking)
         self.endpoints = CustomEndpoints(settings)
+        #: where statements, waits and counters are reported (metrics exporters)
+        self.observer: Observer = NO_OBSERVER
         self.topology: Topology | None = None
         self.writer_engine: Engine | None = None  # the current writer's, kept at hand
         self.topology_at_ns = 0  # when the topology (and its lag figures) was read
@@ -112,14 +115,24 @@ class Router:
             writer = session.last_instance = topology.writer
             if members is not None and writer.id not in members:
                 raise self._endpoint_unavailable(endpoint, members, topology)
+            session.last_route = "ryw_fallback" if self._usable_reader(topology) \
+                else "no_reader"
             self.stats.bump("reads_on_writer")
             if snapshot:
                 return self.pools.engine(writer)
             # a read, even on the writer, needs no transaction: autocommit, one round trip
             return self.pools.writer_reads_engine(writer.host, writer.port)
         session.last_instance = reader
+        session.last_route = "read"
         self.stats.bump("reads_on_readers")
         return self.pools.snapshot_engine(reader) if snapshot else self.pools.engine(reader)
+
+    def _usable_reader(self, topology: Topology) -> bool:
+        """Whether a reader could have served a read that went to the writer (so it went
+        there for read-your-writes, not for want of a reader)."""
+        max_lag = self.settings.max_replica_lag_ms
+        return any(r.id not in self.unhealthy and (r.lag_ms is None or r.lag_ms <= max_lag)
+                   for r in topology.readers)
 
     def _endpoint_unavailable(self, endpoint: str | None, members: frozenset[str],
                               topology: Topology) -> EndpointUnavailable:
@@ -220,14 +233,17 @@ class Router:
         if proven:
             return self._pick(proven)
         self.stats.bump("ryw_waits")
-        deadline = time.monotonic() + wait_ms / 1000
+        began = time.monotonic()
+        deadline = began + wait_ms / 1000
         while True:
             for reader in usable:
                 if self._replica_reached(reader, needed):
+                    self.observer.ryw_wait(time.monotonic() - began, True)
                     return reader
             if time.monotonic() >= deadline:
                 break
             self.blocking.sleep(_RYW_POLL_S)
+        self.observer.ryw_wait(time.monotonic() - began, False)
         self.stats.bump("ryw_fallbacks")
         log.debug("read-your-writes: no reader has replayed %s within %.0f ms; reading on "
                   "the writer", self.dialect.format_position(needed), wait_ms)

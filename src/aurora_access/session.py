@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import time
 import warnings
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -35,6 +36,7 @@ from .routing import ROUTE_OPTION, Route, statement_route
 
 if TYPE_CHECKING:
     from .consistency import CommitMark
+    from .observe import RouteReason
     from .router import Router
     from .topology import Instance
 
@@ -91,6 +93,7 @@ class RoutingSession(Session):
         self.wrote = False
         self.own_commit: CommitMark | None = None
         self.last_instance: Instance | None = None  # where the latest statement was sent
+        self.last_route: RouteReason = "read"  # and why (for metrics)
         # the writer this transaction uses: it stays there even if the Database learns of a
         # new writer meanwhile (a transaction cannot move; it fails and is replayed instead)
         self.transaction_writer: tuple[Engine, Instance] | None = None
@@ -109,7 +112,9 @@ class RoutingSession(Session):
         call = super()._execute_internal
         if kwargs.get("_parent_execute_state") is not None:
             return call(*args, **kwargs)
+        observer = self.router.observer
         for attempt in range(READ_RETRIES + 1):
+            began = time.perf_counter() if observer.enabled else 0.0
             try:
                 result = call(*args, **kwargs)
             except DBAPIError as error:
@@ -119,6 +124,9 @@ class RoutingSession(Session):
                 raise self._pool_exhausted() from error
             if self.transaction_writer is not None:
                 self.writer_ran = True
+            if observer.enabled:
+                observer.statement(self.last_instance, self.last_route,
+                                   time.perf_counter() - began)
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -187,6 +195,7 @@ class RoutingSession(Session):
     def _pool_exhausted(self) -> PoolExhausted:
         """What SQLAlchemy's pool timeout means here: which instance's pool, and what to do."""
         instance, s = self.last_instance, self.router.settings
+        self.router.observer.pool_timeout(instance)
         where = "an instance" if instance is None else \
             f"the {instance.role} {instance.id} ({instance.host}:{instance.port})"
         return PoolExhausted(
@@ -248,6 +257,7 @@ class RoutingSession(Session):
         return self.transaction_writer is not None
 
     def _writer(self, count: bool = True) -> Engine:
+        self.last_route = "write"
         if self.transaction_writer is None:
             engine = self.router.writer_bind(self, count)
             assert self.last_instance is not None
@@ -268,16 +278,23 @@ class RoutingSession(Session):
         route = statement_route(clause, flushing=self._flushing, wrote=self.wrote,
                                 pinned=pinned)
         if self.mode == "writer" and route is Route.READER:
-            return self._writer()
+            engine = self._writer()
+            self.last_route = "pinned"
+            return engine
         if route is Route.WRITER:
             if self.mode == "read_only":
                 raise ReadOnlySessionError(
                     "a write in a read-only session (db.read_only()); nothing was sent. Use "
                     "db.session() or db.writer() for work that writes")
-            if pinned is None and (clause is None or
-                                   clause.get_execution_options().get(ROUTE_OPTION) is None):
+            explicit = pinned is not None or (
+                clause is not None and clause.get_execution_options().get(ROUTE_OPTION)
+                is not None)
+            if not explicit:
                 self.wrote = True
-            return self._writer()
+            engine = self._writer()
+            if explicit:
+                self.last_route = "pinned"
+            return engine
         if self.snapshot:
             if self._snapshot_bind is None:
                 self._snapshot_bind = self.router.reader_bind(self, snapshot=True)

@@ -1,0 +1,49 @@
+"""What the library reports while it works, for metrics exporters.
+
+The core (sessions, router, monitor, pools) calls an ``Observer``; the default one does nothing
+and says so (``enabled`` is False), so a statement's path pays one attribute check and no
+clock reading when no exporter is configured. ``otel.OtelObserver`` records OpenTelemetry
+metrics; another exporter implements the same methods. Nothing here imports a metrics library.
+
+Routes (``aurora.route``): why a statement went where it went.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from .topology import Instance
+
+#: ``read``: a reader; ``write``: the writer, for a write or inside a transaction that wrote;
+#: ``pinned``: where ``aurora_route`` or a writer session sent it; ``ryw_fallback``: the writer,
+#: as no reader had a commit the read must see in time; ``no_reader``: the writer, as no reader
+#: was usable (none, down, lagging beyond the limit)
+RouteReason = Literal["read", "write", "pinned", "ryw_fallback", "no_reader"]
+
+
+class Observer:
+    """Receives the library's events; this one ignores them (no exporter configured)."""
+
+    #: whether anything is recorded: when False, callers skip even reading the clock
+    enabled = False
+
+    def statement(self, instance: Instance | None, route: RouteReason,
+                  seconds: float) -> None:
+        """A statement ran on ``instance`` for ``route``, taking ``seconds``."""
+
+    def writer_discovery(self, seconds: float, found: bool) -> None:
+        """A search for the writer ended (found, or NoWriterAvailable) after ``seconds``."""
+
+    def ryw_wait(self, seconds: float, on_reader: bool) -> None:
+        """A read waited ``seconds`` for a reader to replay a commit; ``on_reader``: one did
+        (else it went to the writer)."""
+
+    def connection_created(self, host: str, seconds: float) -> None:
+        """A new connection to ``host`` was opened (login included) in ``seconds``."""
+
+    def pool_timeout(self, instance: Instance | None) -> None:
+        """A caller waited AURORA_POOL_TIMEOUT for a connection and got PoolExhausted."""
+
+
+NO_OBSERVER = Observer()
