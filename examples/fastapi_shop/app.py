@@ -1,8 +1,10 @@
 """The example shop as a FastAPI service on aurora-access.
 
-Run it against a local cluster (uvicorn is not a dependency of aurora-access)::
+Run it against a local cluster (uvicorn and the metrics exporter are not dependencies of
+aurora-access)::
 
-    .venv/bin/pip install uvicorn
+    .venv/bin/pip install uvicorn 'aurora-access[otel]' opentelemetry-sdk \
+        opentelemetry-exporter-prometheus
     eval "$(.venv/bin/aurora-access local up)"
     cd examples && ../.venv/bin/python -m fastapi_shop.app --port 8000
 
@@ -28,6 +30,9 @@ from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from prometheus_client import CollectorRegistry, make_asgi_app
 from pydantic import BaseModel, Field
 
 import shop_core as shop
@@ -104,8 +109,10 @@ def order_history(customer_id: Id, session: SessionDep,
     return shop.order_history(session, customer_id, limit)
 
 
-def create_app(db: Database, *, close_db_on_shutdown: bool = False) -> FastAPI:
-    """The shop on ``db``, which stays the caller's unless ``close_db_on_shutdown``."""
+def create_app(db: Database, *, close_db_on_shutdown: bool = False,
+               metrics: CollectorRegistry | None = None) -> FastAPI:
+    """The shop on ``db``, which stays the caller's unless ``close_db_on_shutdown``.
+    ``metrics``: a Prometheus registry to serve on ``/metrics`` (see ``prometheus_metrics``)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -117,9 +124,22 @@ def create_app(db: Database, *, close_db_on_shutdown: bool = False) -> FastAPI:
     app.state.db = db
     app.add_middleware(CommitTokenMiddleware, db=db)
     app.include_router(router)
+    if metrics is not None:
+        app.mount("/metrics", make_asgi_app(registry=metrics))
 
     add_error_handlers(app)
     return app
+
+
+def prometheus_metrics() -> tuple[MeterProvider, CollectorRegistry]:
+    """The library's OpenTelemetry metrics, exported for Prometheus: give the provider to the
+    Database (``meter_provider=``) and the registry to ``create_app`` (``/metrics``). The
+    OpenTelemetry Prometheus exporter rather than a ``prometheus_client`` collector of our
+    own: the same instruments then serve OTLP exporters too, under the semantic conventions'
+    names (``db.client.operation.duration`` becomes
+    ``db_client_operation_duration_seconds``)."""
+    registry = CollectorRegistry()
+    return MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)]), registry
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -149,8 +169,11 @@ def add_error_handlers(app: FastAPI) -> None:
 
 
 def app_from_env() -> FastAPI:
-    """For ``uvicorn --factory``: a Database from the AURORA_* variables, one per process."""
-    return create_app(Database.from_env(), close_db_on_shutdown=True)
+    """For ``uvicorn --factory``: a Database from the AURORA_* variables, one per process, its
+    metrics on ``/metrics``."""
+    provider, registry = prometheus_metrics()
+    return create_app(Database.from_env(meter_provider=provider), close_db_on_shutdown=True,
+                      metrics=registry)
 
 
 def main() -> None:
