@@ -1,6 +1,6 @@
-"""OpenTelemetry metrics (issue 15, point 1): what an operator's dashboard reads, recorded in
-the SDK's in-memory reader while a Database serves reads, writes, read-your-writes waits and a
-writer failover on a real local cluster."""
+"""OpenTelemetry metrics and spans (issue 15, points 1 and 2): what an operator's dashboard
+reads, recorded in the SDK's in-memory reader and exporter while a Database serves reads,
+writes, read-your-writes waits and a writer failover on a real local cluster."""
 
 from __future__ import annotations
 
@@ -11,14 +11,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import select, update
 
 from aurora_access import Database
 from aurora_access.demo.models import Customer
 from aurora_access.local import LocalCluster
-from engines import with_demo_data
+from engines import replay_held, with_demo_data
 
 
 @pytest.fixture
@@ -122,3 +126,81 @@ def test_without_metrics_opentelemetry_is_not_imported(failover_cluster: LocalCl
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.fixture
+def spans() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    instrumentor = SQLAlchemyInstrumentor()
+    # it declares SQLAlchemy < 2.1 and refuses 2.1 unless told to skip that check
+    instrumentor.instrument(tracer_provider=provider, skip_dep_check=True)
+    yield provider, exporter
+    instrumentor.uninstrument()
+
+
+def span_tree(finished: list[Any]) -> list[str]:
+    """``name [attributes]`` lines, indented under their parents (for the issue's note)."""
+    by_parent: dict[int | None, list[Any]] = {}
+    ids = {s.context.span_id for s in finished}
+    for s in finished:
+        parent = s.parent.span_id if s.parent is not None and s.parent.span_id in ids else None
+        by_parent.setdefault(parent, []).append(s)
+    lines: list[str] = []
+
+    def walk(parent: int | None, depth: int) -> None:
+        for s in sorted(by_parent.get(parent, []), key=lambda s: s.start_time):
+            keep = {k: v for k, v in s.attributes.items() if k.startswith(
+                ("aurora.", "server.", "net.peer"))}
+            lines.append(f"{'  ' * depth}{s.name} {keep}")
+            walk(s.context.span_id, depth + 1)
+
+    walk(None, 0)
+    return lines
+
+
+def test_spans_name_the_instance_and_the_library_s_own_work(
+        failover_cluster: LocalCluster, spans: tuple[TracerProvider, InMemorySpanExporter],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """With the SQLAlchemy instrumentation on, statements' spans name the instance that ran
+    them (the library's per-instance engines are instrumented); a read that waits for its
+    commit to be replayed has a span of its own, and so has a search for the writer."""
+    provider, exporter = spans
+    with_demo_data(failover_cluster)
+    db = Database.from_env({**failover_cluster.env(), "AURORA_RYW_WAIT_MS": "100"},
+                           tracer_provider=provider)
+    tracer = provider.get_tracer("test")
+    try:
+        with db.session() as s:  # the first use: connections and discovery, not measured
+            s.scalar(select(Customer.name).where(Customer.id == 13))
+        exporter.clear()
+        with replay_held(failover_cluster), tracer.start_as_current_span("POST /customers/13"):
+            with db.session() as s:
+                s.execute(update(Customer).where(Customer.id == 13).values(name="traced"))
+            with db.session() as s:
+                assert s.scalar(select(Customer.name).where(Customer.id == 13)) == "traced"
+        tree = span_tree(exporter.get_finished_spans())
+        with capsys.disabled():
+            print("\n" + "\n".join(tree))
+        finished = exporter.get_finished_spans()
+        wait = next(s for s in finished if s.name == "aurora.ryw_wait")
+        assert wait.attributes["aurora.ryw.outcome"] == "writer"  # no reader replays: held
+        assert wait.parent is not None
+        hosts = {s.attributes.get("server.address") or s.attributes.get("net.peer.name")
+                 for s in finished if s.name not in ("aurora.ryw_wait", "POST /customers/13")}
+        assert failover_cluster.writer.host in hosts
+        exporter.clear()
+        failover_cluster.failover()
+        db.run_transaction(lambda s: s.execute(
+            update(Customer).where(Customer.id == 13).values(name="after")))
+        search = next(s for s in exporter.get_finished_spans()
+                      if s.name == "aurora.writer_discovery")
+        assert search.attributes["aurora.writer.host"] == failover_cluster.writer.host
+        with db.read_only() as s:  # a read on a reader: its span names that reader
+            s.scalar(select(Customer.name).where(Customer.id == 1))
+        readers = {r.host for r in failover_cluster.readers}
+        assert any((s.attributes.get("server.address") or s.attributes.get("net.peer.name"))
+                   in readers for s in exporter.get_finished_spans())
+    finally:
+        db.close()

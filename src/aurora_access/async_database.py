@@ -110,8 +110,8 @@ class AsyncDatabase(BaseDatabase, Generic[AsyncSessionT]):
 
     def __init__(self, settings: Settings,
                  session_class: type[AsyncSessionT] | None = None, *,
-                 meter_provider: Any = None) -> None:
-        super().__init__(settings, meter_provider)
+                 meter_provider: Any = None, tracer_provider: Any = None) -> None:
+        super().__init__(settings, meter_provider, tracer_provider)
         base = AsyncSession if session_class is None else session_class
         if not (isinstance(base, type) and issubclass(base, AsyncSession)):
             raise TypeError("session_class must be a subclass of "
@@ -129,12 +129,14 @@ class AsyncDatabase(BaseDatabase, Generic[AsyncSessionT]):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, prefix: str = "AURORA_", *,
                  session_class: type[AsyncSessionT] | None = None,
-                 meter_provider: Any = None) -> AsyncDatabase[AsyncSessionT]:
+                 meter_provider: Any = None,
+                 tracer_provider: Any = None) -> AsyncDatabase[AsyncSessionT]:
         """An AsyncDatabase configured from ``AURORA_*`` variables (``environ``, default
         ``os.environ``); ConfigError naming the variable if one is missing or malformed.
-        ``meter_provider``: an OpenTelemetry MeterProvider for its metrics (``otel.py``)."""
+        ``meter_provider``, ``tracer_provider``: OpenTelemetry's, for its metrics and spans
+        (``otel.py``)."""
         return cls(Settings.from_env(environ, prefix), session_class=session_class,
-                   meter_provider=meter_provider)
+                   meter_provider=meter_provider, tracer_provider=tracer_provider)
 
     def _blocking(self) -> Blocking:
         return _AsyncioBlocking()

@@ -83,10 +83,13 @@ class BaseDatabase:
     asynchronous: ClassVar[bool] = False
     _transactions: TransactionRunner
 
-    def __init__(self, settings: Settings, meter_provider: Any = None) -> None:
+    def __init__(self, settings: Settings, meter_provider: Any = None,
+                 tracer_provider: Any = None) -> None:
         self.settings = settings
         #: an OpenTelemetry MeterProvider that records the metrics of ``otel.py`` (None: none)
         self.meter_provider = meter_provider
+        #: the TracerProvider of the library's own spans (None: the global one, with metrics)
+        self.tracer_provider = tracer_provider
         self._build()
         self._inherited: list[object] = []  # a forked child's parts of its parent (below)
         _LIVE.add(self)
@@ -107,11 +110,14 @@ class BaseDatabase:
         self._monitor = ClusterMonitor(settings, self.dialect, self._pools, self._router,
                                        self._stats)
         self._pools.on_commit = self._router.committed  # Core, create_all, Alembic
-        if self.meter_provider is not None:
+        if self.meter_provider is not None or self.tracer_provider is not None:
+            from opentelemetry.metrics import NoOpMeterProvider  # noqa: PLC0415
+
             from .otel import OtelObserver  # noqa: PLC0415 - only with metrics asked for
 
-            observer = OtelObserver(self.meter_provider, settings.engine, self._router,
-                                    self._pools, self._stats)
+            observer = OtelObserver(self.meter_provider or NoOpMeterProvider(),
+                                    settings.engine, self._router, self._pools, self._stats,
+                                    self.tracer_provider)
             self._router.observer = self._pools.observer = observer
         self._started = StartOnce(self._start)
         self._router.start = self._started

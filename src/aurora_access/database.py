@@ -41,8 +41,8 @@ class Database(BaseDatabase, Generic[SessionT]):
     """
 
     def __init__(self, settings: Settings, session_class: type[SessionT] | None = None, *,
-                 meter_provider: Any = None) -> None:
-        super().__init__(settings, meter_provider)
+                 meter_provider: Any = None, tracer_provider: Any = None) -> None:
+        super().__init__(settings, meter_provider, tracer_provider)
         #: the routing Session class of this Database, for frameworks that take a class
         self.session_class: type[SessionT] = cast(
             "type[SessionT]", routing_session_class(session_class, self._router))
@@ -53,12 +53,14 @@ class Database(BaseDatabase, Generic[SessionT]):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, prefix: str = "AURORA_", *,
                  session_class: type[SessionT] | None = None,
-                 meter_provider: Any = None) -> Database[SessionT]:
+                 meter_provider: Any = None,
+                 tracer_provider: Any = None) -> Database[SessionT]:
         """A Database configured from ``AURORA_*`` variables (``environ``, default
         ``os.environ``); ConfigError naming the variable if one is missing or malformed.
-        ``meter_provider``: an OpenTelemetry MeterProvider for its metrics (``otel.py``)."""
+        ``meter_provider``, ``tracer_provider``: OpenTelemetry's, for its metrics and spans
+        (``otel.py``)."""
         return cls(Settings.from_env(environ, prefix), session_class=session_class,
-                   meter_provider=meter_provider)
+                   meter_provider=meter_provider, tracer_provider=tracer_provider)
 
     def _routing_class(self) -> type[RoutingSession]:
         return cast("type[RoutingSession]", self.session_class)

@@ -168,13 +168,17 @@ class ClusterMonitor:
         log.warning("writer %s failed (%s): looking for the writer", failed.id, kind.value)
         self._pools.discard(failed.host)
         self._router.writer_engine = None
+        observer = self._router.observer
         began = time.monotonic()
-        try:
-            host = self._discovery.find(self._instance_hosts)
-        except NoWriterAvailable:
-            self._router.observer.writer_discovery(time.monotonic() - began, False)
-            raise
-        self._router.observer.writer_discovery(time.monotonic() - began, True)
+        with observer.span("aurora.writer_discovery", {"aurora.instance.id": failed.id,
+                                                        "aurora.failure": kind.value}) as span:
+            try:
+                host = self._discovery.find(self._instance_hosts)
+            except NoWriterAvailable:
+                observer.writer_discovery(time.monotonic() - began, False)
+                raise
+            observer.writer_discovery(time.monotonic() - began, True)
+            span.set_attribute("aurora.writer.host", host)
         with self._topology_lock:
             old = self._router.current_topology()
             if old.writer.host == host:
@@ -259,8 +263,10 @@ class ClusterMonitor:
 
     def query(self, host: str, sql: str, timeout: float | None = None) -> list[tuple[Any, ...]]:
         """One statement on one host, cut off after ``timeout`` (default AURORA_HUNG_TIMEOUT_S)
-        so that a hung host cannot hold the monitor or a probe."""
-        with self._pools.probe_engine(host, self.settings.port).connect() as conn:
+        so that a hung host cannot hold the monitor or a probe. Not traced as the
+        application's statements are (``Observer.quiet``)."""
+        with self._router.observer.quiet(), \
+                self._pools.probe_engine(host, self.settings.port).connect() as conn:
             dbapi_connection = conn.connection.dbapi_connection
             guard = self._watchdog.arm(timeout or self.settings.hung_timeout_s,
                                        lambda: self.dialect.abort_connection(dbapi_connection))

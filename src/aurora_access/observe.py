@@ -10,7 +10,8 @@ Routes (``aurora.route``): why a statement went where it went.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from .topology import Instance
@@ -20,6 +21,17 @@ if TYPE_CHECKING:
 #: as no reader had a commit the read must see in time; ``no_reader``: the writer, as no reader
 #: was usable (none, down, lagging beyond the limit)
 RouteReason = Literal["read", "write", "pinned", "ryw_fallback", "no_reader"]
+
+
+class SpanLike(Protocol):
+    """What the library does with a span of its own: say what it found."""
+
+    def set_attribute(self, key: str, value: Any) -> object: ...
+
+
+class _NoSpan:
+    def set_attribute(self, key: str, value: Any) -> None:
+        pass
 
 
 class Observer:
@@ -44,6 +56,20 @@ class Observer:
 
     def pool_timeout(self, instance: Instance | None) -> None:
         """A caller waited AURORA_POOL_TIMEOUT for a connection and got PoolExhausted."""
+
+    def span(self, name: str, attributes: dict[str, Any]) -> AbstractContextManager[SpanLike]:
+        """A span around work of the library's own (writer discovery, a read-your-writes
+        wait, a commit's outcome being resolved), current while it runs."""
+        return nullcontext(_NO_SPAN)
+
+    def quiet(self) -> AbstractContextManager[object]:
+        """Work of the library's own (its monitor's and positions' one-statement queries)
+        that tracing instrumentations should leave out: as statement spans they would bury
+        the application's (a read-your-writes wait asks every 2 ms)."""
+        return nullcontext()
+
+
+_NO_SPAN = _NoSpan()
 
 
 NO_OBSERVER = Observer()

@@ -17,17 +17,27 @@ semantic conventions for database clients:
   (histogram, s, with ``aurora.ryw.outcome`` reader or writer) and ``aurora.replica.lag``
   (gauge, ms, per reader).
 
-Only this module imports OpenTelemetry, and only when a meter provider is given.
+Spans of its own (the tracer provider given, else the global one): ``aurora.writer_discovery``,
+``aurora.ryw_wait`` and ``aurora.commit_outcome``, with the attributes above and what each
+found. Statements' own spans come from ``opentelemetry-instrumentation-sqlalchemy``, which
+instruments the library's per-instance engines like any other (``server.address`` is the
+instance that ran the statement).
+
+The library's own queries (monitor, positions) are kept out of the instrumentation's spans
+(``quiet``). Only this module imports OpenTelemetry, and only when a meter or tracer provider
+is given.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import context, trace
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
-from .observe import Observer, RouteReason
+from .observe import Observer, RouteReason, SpanLike
 from .stats import STAT_NAMES, Stats
 
 if TYPE_CHECKING:
@@ -35,6 +45,9 @@ if TYPE_CHECKING:
     from .router import Router
     from .topology import Instance
 
+#: what instrumentations check (``opentelemetry.instrumentation.utils.suppress_instrumentation``
+#: sets it; that package is the instrumentations', not the API's)
+_SUPPRESS = getattr(context, "_SUPPRESS_INSTRUMENTATION_KEY", "suppress_instrumentation")
 #: the semantic conventions' ``db.system.name`` of each engine
 _SYSTEM = {"postgresql": "postgresql", "mysql": "mysql"}
 # boundaries for sub-millisecond statements up to failovers (the conventions' advice)
@@ -47,7 +60,9 @@ class OtelObserver(Observer):
     enabled = True
 
     def __init__(self, meter_provider: MeterProvider, engine: str, router: Router,
-                 pools: InstancePools, stats: Stats) -> None:
+                 pools: InstancePools, stats: Stats,
+                 tracer_provider: trace.TracerProvider | None = None) -> None:
+        self._tracer = trace.get_tracer("aurora_access", tracer_provider=tracer_provider)
         self._router = router
         self._stats = stats
         self._pools = pools
@@ -111,6 +126,19 @@ class OtelObserver(Observer):
         self._timeouts.add(1, {"db.system.name": self._system,
                                "db.client.connection.pool.name":
                                    instance.id if instance else "unknown"})
+
+    def span(self, name: str, attributes: dict[str, Any]) -> AbstractContextManager[SpanLike]:
+        return self._tracer.start_as_current_span(
+            name, attributes={"db.system.name": self._system, **attributes})
+
+    @contextmanager
+    def quiet(self) -> Iterator[None]:
+        """The context key OpenTelemetry's instrumentations check before making spans."""
+        token = context.attach(context.set_value(_SUPPRESS, True))
+        try:
+            yield
+        finally:
+            context.detach(token)
 
     # -- helpers ------------------------------------------------------------------------
 

@@ -28,8 +28,10 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
-from sqlalchemy import URL, Engine, create_engine, event, exc
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+import sqlalchemy
+import sqlalchemy.ext.asyncio
+from sqlalchemy import URL, Engine, event, exc
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util.concurrency import in_greenlet
 
 from .auth import Credentials
@@ -255,13 +257,17 @@ class InstancePools:
             # nothing to roll back on return in autocommit
             options["pool_reset_on_return"] = None
         if asynchronous:
-            async_engine = create_async_engine(self.url(host, port, True), **options)
+            # looked up at each call, as OpenTelemetry's SQLAlchemy instrumentation (and any
+            # such wrapper) replaces the module's function: the library's engines are then
+            # instrumented like the application's
+            async_engine = sqlalchemy.ext.asyncio.create_async_engine(
+                self.url(host, port, True), **options)
             engine = async_engine.sync_engine
             self._async[engine] = async_engine
             with contextlib.suppress(RuntimeError):  # made outside the loop: learned later
                 self._loop = asyncio.get_running_loop()
         else:
-            engine = create_engine(self.url(host, port), **options)
+            engine = sqlalchemy.create_engine(self.url(host, port), **options)
         self._dialect.prepare_engine(engine)
         for_writer = kind in ("transactions", "writer_reads")
 

@@ -233,6 +233,20 @@ class Router:
         if proven:
             return self._pick(proven)
         self.stats.bump("ryw_waits")
+        with self.observer.span("aurora.ryw_wait", {"aurora.ryw.position": needed}) as span:
+            chosen = self._wait_for_replay(usable, needed, wait_ms)
+            span.set_attribute("aurora.ryw.outcome", "reader" if chosen else "writer")
+            if chosen is not None:
+                span.set_attribute("aurora.instance.id", chosen.id)
+                return chosen
+        self.stats.bump("ryw_fallbacks")
+        log.debug("read-your-writes: no reader has replayed %s within %.0f ms; reading on "
+                  "the writer", self.dialect.format_position(needed), wait_ms)
+        return None
+
+    def _wait_for_replay(self, usable: list[Instance], needed: int,
+                         wait_ms: float) -> Instance | None:
+        """Ask the readers until one has replayed ``needed``, for up to ``wait_ms``."""
         began = time.monotonic()
         deadline = began + wait_ms / 1000
         while True:
@@ -241,13 +255,9 @@ class Router:
                     self.observer.ryw_wait(time.monotonic() - began, True)
                     return reader
             if time.monotonic() >= deadline:
-                break
+                self.observer.ryw_wait(time.monotonic() - began, False)
+                return None
             self.blocking.sleep(_RYW_POLL_S)
-        self.observer.ryw_wait(time.monotonic() - began, False)
-        self.stats.bump("ryw_fallbacks")
-        log.debug("read-your-writes: no reader has replayed %s within %.0f ms; reading on "
-                  "the writer", self.dialect.format_position(needed), wait_ms)
-        return None
 
     def _choose_by_lag(self, usable: list[Instance], committed_ns: int,
                        wait_ms: float) -> Instance | None:

@@ -160,7 +160,10 @@ class TransactionRunner:
             session.rollback()
         with contextlib.suppress(NoWriterAvailable):
             self._router.fail(writer, kind)
-        outcome = self._router.blocking.run(self.resolve_commit_outcome, marker)
+        with self._router.observer.span("aurora.commit_outcome", {
+                "aurora.instance.id": writer.id, "aurora.failure": kind.value}) as span:
+            outcome = self._router.blocking.run(self.resolve_commit_outcome, marker)
+            span.set_attribute("aurora.commit.outcome", outcome)
         log.warning("a COMMIT cut off on %s (%s) was %s", writer.id, kind.value, outcome)
         if outcome == "committed":
             # read-your-writes holds for it as for any commit, the session's own included
