@@ -4,8 +4,8 @@
 Aurora-like cluster in the background; ``eval "$(aurora-access local up)"`` configures a shell
 for it. ``aurora-access demo`` is the main job: shop traffic through the library while the
 writer fails over (see ``demo/runner.py``). ``aurora-access check`` checks the ``AURORA_*``
-configuration against its cluster (see ``check.py``). Every failure prints one clear line on
-stderr and exits non-zero.
+configuration against its cluster (see ``check.py``); ``aurora-access watch`` shows it live
+(``watch.py``). Every failure prints one clear line on stderr and exits non-zero.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from .demo import runner as demo_runner
 from .errors import AuroraAccessError
 from .local import LocalCluster
 from .local.layout import default_runtime_root
+from .watch import add_arguments as add_watch_arguments
+from .watch import run as run_watch
 
 
 def _default_dir() -> Path:
@@ -48,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--async", dest="use_async", action="store_true",
                        help="the processes use AsyncDatabase (one more pool of the library's "
                        "per instance)")
+    watch = commands.add_parser("watch", help="a live view of the cluster: instances, roles, "
+                                "lag, this configuration's connections, failovers")
+    add_watch_arguments(watch)
     local = commands.add_parser("local", help="a local Aurora-like cluster for development")
     actions = local.add_subparsers(dest="action", required=True)
     dir_help = "state and data directory (default: $AURORA_LOCAL_DIR or %(default)s)"
@@ -158,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers: dict[str, Callable[[argparse.Namespace], int | None]] = {
         "up": _up, "env": _env, "status": _status, "failover": _failover, "down": _down,
         "add-reader": _add_reader, "remove-reader": _remove_reader, "check": _check,
-        "demo": _demo}
+        "demo": _demo, "watch": run_watch}
     try:
         # `local` has actions; other commands are their own handler
         code = handlers[args.action if args.command == "local" else args.command](args)

@@ -30,6 +30,9 @@ class EngineDialect(Protocol):
     position_queries: tuple[PositionQueries, ...]
     is_writer_sql: str
     max_connections_sql: str
+    #: (connections, of them active) of the current user to the current database on the
+    #: instance asked, the query's own included (``aurora-access watch``)
+    connections_sql: str
     snapshot_options: Mapping[str, Any]
     commit_marker_ddl: str
     #: (takes writes, marker found) for a marker ``%(id)s``

@@ -62,6 +62,11 @@ class PostgresDialect:
     # how many connections an unprivileged role may open (the connection budget)
     max_connections_sql = ("SELECT current_setting('max_connections')::int "
                            "- current_setting('superuser_reserved_connections')::int")
+    # this configuration's connections to the instance asked (the activity view shows a
+    # role's own sessions in full without extra privileges)
+    connections_sql = ("SELECT count(*), count(*) FILTER (WHERE state = 'active') "
+                       "FROM pg_catalog.pg_stat_activity "
+                       "WHERE usename = current_user AND datname = current_database()")
     # Whether an instance takes writes: asked of every instance after a writer failure.
     is_writer_sql = "SELECT NOT pg_is_in_recovery()"
     # one consistent snapshot for a read_only(snapshot=True) session
