@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
+import threading
+import time
 
 import boto3
 import pytest
 from botocore.stub import Stubber
+from rich.console import Console
 
 from aurora_access import Settings
-from aurora_access.demo import runner
+from aurora_access.demo import runner, view
 from aurora_access.local import LocalCluster, free_port
 
 
@@ -82,3 +86,110 @@ def test_the_rds_cluster_id_comes_from_the_cluster_endpoint() -> None:
         failovers = runner.aws_failovers(settings, None, client)
         assert "shop" in failovers.fail()
         stub.assert_no_pending_responses()
+
+
+# -- the live view (issue 15): fast, no cluster --------------------------------------------
+
+def _snapshot() -> view.Snapshot:
+    return view.Snapshot(
+        elapsed_s=42.4, duration_s=60.0, ops_per_s=1834.2, orders=123_456, stale_reads=0,
+        reads_on_readers=456_789, reads_on_writer=432_109, p50_ms=12.34, p99_ms=1234.5,
+        failovers=3, last_recovery_s=None)
+
+
+def _rendered(width: int, snapshot: view.Snapshot) -> list[str]:
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(view.Board(snapshot))
+    return console.export_text().splitlines()
+
+
+@pytest.mark.parametrize("width", [40, 80, 160])
+def test_the_live_panel_fits_the_terminal_width(width: int) -> None:
+    lines = _rendered(width, _snapshot())
+    assert max(len(line) for line in lines) <= width
+    text = "\n".join(lines)
+    for shown in ("orders placed", "123,456", "stale reads", "456,789 / 432,109",
+                  "12.3 / 1234.5 ms", "failovers", "recovering..."):
+        assert shown in text, (shown, text)
+
+
+def test_the_live_panel_reflows_wider_terminals_into_fewer_rows() -> None:
+    assert len(_rendered(160, _snapshot())) < len(_rendered(80, _snapshot())) \
+        < len(_rendered(40, _snapshot()))
+
+
+def test_a_burst_of_identical_library_events_is_said_once() -> None:
+    said: list[str] = []
+    events = view.Events(lambda message, level: said.append(message), window_s=60)
+    logger = logging.getLogger("aurora_access.tests.demo-burst")
+    logger.propagate = False
+    handler = view.EventHandler(events)
+    logger.addHandler(handler)
+    try:
+        threads = [threading.Thread(target=logger.warning, args=(
+            "writer %s failed (%s): looking for the writer", 11, "connection lost"))
+            for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        logger.warning("writer found at %s after %.3f s", "10.0.0.12", 0.2)
+        events.flush()
+        assert said == []  # the window is not over: more of the burst may come
+        events.flush(force=True)
+    finally:
+        logger.removeHandler(handler)
+    assert said == ["writer 11 failed (connection lost): looking for the writer (x8)",
+                    "writer found at 10.0.0.12 after 0.200 s"]
+
+
+def test_an_event_after_its_window_is_said_again() -> None:
+    now = [0.0]
+    said: list[str] = []
+    events = view.Events(lambda message, level: said.append(message), window_s=1.0,
+                         clock=lambda: now[0])
+    events.add("writer 11 failed")
+    now[0] = 0.5
+    events.add("writer 11 failed")
+    events.flush()
+    assert said == []
+    now[0] = 1.0
+    events.flush()
+    events.add("writer 11 failed")  # another failover: another event
+    now[0] = 2.5
+    events.flush()
+    assert said == ["writer 11 failed (x2)", "writer 11 failed"]
+
+
+def test_off_a_terminal_the_view_is_plain_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich would colour even a StringIO with it
+    monkeypatch.setattr(view, "PLAIN_PERIOD_S", 0.2)
+    stream = io.StringIO()
+    with view.Screen(stream, window_s=0.1) as screen:
+        with screen.status("loading 2,000 products ..."):
+            pass
+        with screen.board(lambda window: _snapshot()):
+            for _ in range(8):
+                screen.events.add("writer 11 failed (connection lost): looking for the writer")
+            time.sleep(0.7)
+        screen.note("done")
+    text = stream.getvalue()
+    assert "\x1b" not in text and "\r" not in text
+    lines = text.splitlines()
+    assert lines[0] == "demo: loading 2,000 products ..."
+    assert lines[-1] == "demo: done"
+    assert sum("looking for the writer (x8)" in line for line in lines) == 1
+    assert sum("orders 123,456" in line for line in lines) >= 2  # a progress line each period
+
+
+def test_on_a_terminal_events_print_above_the_panel_once() -> None:
+    stream = io.StringIO()
+    console = Console(file=stream, width=80, force_terminal=True, color_system=None)
+    with view.Screen(stream, console=console, window_s=0.1) as screen, \
+            screen.board(lambda window: _snapshot()):
+        for _ in range(8):
+            screen.events.add("writer 11 failed (connection lost): looking for the writer")
+        time.sleep(0.5)
+    text = stream.getvalue()
+    assert text.count("looking for the writer (x8)") == 1
+    assert "aurora-access demo" in text and "123,456" in text

@@ -42,6 +42,7 @@ from ..local import LocalCluster, free_port
 from ..settings import Settings
 from .models import Order, OrderLine, Product, Stock
 from .shop import create_schema
+from .view import EventHandler, Screen, Snapshot
 from .workload import AsyncShopper, Shopper, Tally, load_catalog
 
 CUSTOMERS = 1000
@@ -108,37 +109,29 @@ def run(args: argparse.Namespace, environ: dict[str, str] | None = None,
     replaces boto3's RDS client (tests)."""
     environ = dict(os.environ if environ is None else environ)
     with ExitStack() as stack:
-        stack.enter_context(_library_log(live))
+        screen = stack.enter_context(Screen(live))
+        stack.enter_context(_library_log(screen))
         if environ.get("AURORA_CLUSTER_ENDPOINT"):
             settings = Settings.from_env(environ)
             every = args.failover_every
             failovers = aws_failovers(settings, args.cluster_id, rds_client) if every else None
             where = f"{settings.engine} cluster at {settings.cluster_endpoint}"
         else:
-            cluster = stack.enter_context(LocalCluster(
-                engine=args.engine, readers=args.readers, endpoint_delay_s=5.0,
-                port=free_port(args.readers)))
+            with screen.status(f"starting a local {args.engine} cluster ({args.readers} "
+                               "readers)..."):
+                cluster = stack.enter_context(LocalCluster(
+                    engine=args.engine, readers=args.readers, endpoint_delay_s=5.0,
+                    port=free_port(args.readers)))
             settings = Settings.from_env(cluster.env())
             every = 15.0 if args.failover_every is None else args.failover_every
             failovers = local_failovers(cluster) if every else None
             where = (f"local {args.engine} cluster, {args.readers} readers, up in "
                      f"{cluster.started_in_s:.2f} s")
-        print(f"demo: {where}", file=live)
+        screen.note(where)
         db = Database(settings)
         stack.callback(db.close)
-        began = time.monotonic()
-        create_schema(db.engine("writer"))
-        with db.writer() as s:
-            existing = s.scalar(select(func.count()).select_from(Product)) or 0
-        if existing:  # a cluster the demo ran on before: its catalogue is reused
-            args.products = existing
-            print(f"demo: reusing the {existing:,} products already there", file=live)
-        else:
-            load_catalog(db.engine("writer"), args.products, CUSTOMERS, STOCK_EACH)
-            print(f"demo: {args.products:,} products and {CUSTOMERS:,} customers loaded in "
-                  f"{time.monotonic() - began:.2f} s", file=live)
-        db.forget_commits()
-        summary = _traffic(db, args, failovers, every, live)
+        _prepare_catalog(db, args, screen)
+        summary = _traffic(db, args, failovers, every, screen)
     if args.json:
         print(json.dumps(summary), file=out)
     else:
@@ -147,8 +140,27 @@ def run(args: argparse.Namespace, environ: dict[str, str] | None = None,
     return 1 if bad else 0
 
 
+def _prepare_catalog(db: Database, args: argparse.Namespace, screen: Screen) -> None:
+    """The schema and the catalogue (reused if a run before left one; ``args.products``
+    becomes its size), with a spinner while it loads: a second or more of silence else."""
+    began = time.monotonic()
+    create_schema(db.engine("writer"))
+    with db.writer() as s:
+        existing = s.scalar(select(func.count()).select_from(Product)) or 0
+    if existing:  # a cluster the demo ran on before: its catalogue is reused
+        args.products = existing
+        screen.note(f"reusing the {existing:,} products already there")
+    else:
+        with screen.status(f"loading {args.products:,} products and {CUSTOMERS:,} "
+                           "customers..."):
+            load_catalog(db.engine("writer"), args.products, CUSTOMERS, STOCK_EACH)
+        screen.note(f"{args.products:,} products and {CUSTOMERS:,} customers loaded in "
+                    f"{time.monotonic() - began:.2f} s")
+    db.forget_commits()
+
+
 def _traffic(db: Database, args: argparse.Namespace, failovers: Failovers | None,
-             every: float | None, live: TextIO) -> dict[str, Any]:
+             every: float | None, screen: Screen) -> dict[str, Any]:
     tally = Tally()
     with db.writer() as s:
         before = _stock_and_sold(s)
@@ -157,18 +169,18 @@ def _traffic(db: Database, args: argparse.Namespace, failovers: Failovers | None
                  for n in range(args.threads)]
     if not args.use_async:
         stats, elapsed, failed_at = _run_threads(db, tally, customers, args, failovers, every,
-                                                 live)
+                                                 screen)
         return _summary(db, stats, tally, elapsed, failed_at, args, before)
     db.close()  # one library instance watching the cluster, as in an async service
     stats, elapsed, failed_at = _run_tasks(db.settings, tally, customers, args, failovers,
-                                           every, live)
+                                           every, screen)
     with Database(db.settings) as checking:
         return _summary(checking, stats, tally, elapsed, failed_at, args, before)
 
 
 def _run_threads(db: Database, tally: Tally, customers: list[list[int]],
                  args: argparse.Namespace, failovers: Failovers | None, every: float | None,
-                 live: TextIO) -> tuple[dict[str, int], float, list[float]]:
+                 screen: Screen) -> tuple[dict[str, int], float, list[float]]:
     """One thread per shopper, all on ``db``: (its stats, seconds run, failover times)."""
     stop = threading.Event()
     threads = [threading.Thread(target=Shopper(db, tally, args.products, mine, seed=n).run,
@@ -177,7 +189,7 @@ def _run_threads(db: Database, tally: Tally, customers: list[list[int]],
     for thread in threads:
         thread.start()
     try:
-        elapsed, failed_at = _fail_over_meanwhile(db, tally, args, failovers, every, live)
+        elapsed, failed_at = _fail_over_meanwhile(db, tally, args, failovers, every, screen)
     finally:
         stop.set()
         for thread in threads:
@@ -187,7 +199,7 @@ def _run_threads(db: Database, tally: Tally, customers: list[list[int]],
 
 def _run_tasks(settings: Settings, tally: Tally, customers: list[list[int]],
                args: argparse.Namespace, failovers: Failovers | None, every: float | None,
-               live: TextIO) -> tuple[dict[str, int], float, list[float]]:
+               screen: Screen) -> tuple[dict[str, int], float, list[float]]:
     """``--async``: one asyncio task per shopper on an AsyncDatabase of the same settings,
     one event loop; failovers and the live view from a thread."""
 
@@ -200,7 +212,7 @@ def _run_tasks(settings: Settings, tally: Tally, customers: list[list[int]],
                      for n, mine in enumerate(customers)]
             try:
                 elapsed, failed_at = await asyncio.to_thread(
-                    _fail_over_meanwhile, adb, tally, args, failovers, every, live)
+                    _fail_over_meanwhile, adb, tally, args, failovers, every, screen)
             finally:
                 stop.set()
                 await asyncio.wait_for(asyncio.gather(*tasks), 60)
@@ -211,21 +223,56 @@ def _run_tasks(settings: Settings, tally: Tally, customers: list[list[int]],
 
 def _fail_over_meanwhile(db: BaseDatabase, tally: Tally, args: argparse.Namespace,
                          failovers: Failovers | None, every: float | None,
-                         live: TextIO) -> tuple[float, list[float]]:
+                         screen: Screen) -> tuple[float, list[float]]:
     """While the shoppers run: fail over every ``every`` seconds and show the live view, for
     ``--duration`` seconds; (seconds run, when each failover began)."""
     failed_at: list[float] = []
     started = time.monotonic()
-    with _live_view(db, tally, started, args.duration, failed_at, live):
+    with screen.board(_snapshots(db, tally, started, args.duration, failed_at)):
         next_failover = started + every if failovers and every else float("inf")
         while (now := time.monotonic()) < started + args.duration:
             if now >= next_failover and failovers is not None and every is not None:
+                screen.note(f"failing the writer over ({failovers.name})")
                 failed_at.append(time.monotonic())
-                report = failovers.fail()
-                print(f"\ndemo: {report}", file=live)
+                report = failovers.fail()  # returns when it is over: the library spoke meanwhile
+                screen.note(report)
                 next_failover += every
             time.sleep(0.05)
     return time.monotonic() - started, failed_at
+
+
+def _snapshots(db: BaseDatabase, tally: Tally, started: float, duration: float,
+               failed_at: list[float]) -> Callable[[float], Snapshot]:
+    """What the live view asks every refresh: the traffic now, operations/s and latency over
+    the last ``window`` seconds."""
+
+    def snapshot(window: float) -> Snapshot:
+        now = time.monotonic()
+        with tally.lock:
+            recent = _since(tally.latencies, now - window)
+            orders, stale = len(tally.acknowledged), tally.stale_reads
+        stats = db.stats()
+        pct = _percentiles(recent)
+        last = _recovery(tally, failed_at[-1:])
+        return Snapshot(
+            elapsed_s=now - started, duration_s=duration, ops_per_s=len(recent) / window,
+            orders=orders, stale_reads=stale, reads_on_readers=stats["reads_on_readers"],
+            reads_on_writer=stats["reads_on_writer"], p50_ms=pct["p50"], p99_ms=pct["p99"],
+            failovers=len(failed_at), last_recovery_s=last[0] if last else None)
+
+    return snapshot
+
+
+def _since(latencies: list[tuple[float, float, str]], since: float) -> list[float]:
+    """The durations of the operations that finished after ``since``, read from the end:
+    the list grows in finishing order, and scanning all of it every second holds the
+    shoppers' lock longer and longer as the run goes on."""
+    recent: list[float] = []
+    for finished, took, _ in reversed(latencies):
+        if finished <= since:
+            break
+        recent.append(took)
+    return recent
 
 
 def _stock_and_sold(session: Session) -> tuple[int, int]:
@@ -294,11 +341,11 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
 
 
 @contextmanager
-def _library_log(live: TextIO) -> Iterator[None]:
-    """The library's warnings (a writer lost, found again) on the live stream, one line each;
-    psycopg's notes about pipelines on lost connections are noise here."""
-    handler = logging.StreamHandler(live)
-    handler.setFormatter(logging.Formatter("  library: %(message)s"))
+def _library_log(screen: Screen) -> Iterator[None]:
+    """The library's warnings (a writer lost, found again) on the screen, each burst once
+    (every shopper that loses the writer says so); psycopg's notes about pipelines on lost
+    connections are noise here."""
+    handler = EventHandler(screen.events)
     library, driver = logging.getLogger("aurora_access"), logging.getLogger("psycopg")
     levels = library.level, driver.level
     library.addHandler(handler)
@@ -310,44 +357,6 @@ def _library_log(live: TextIO) -> Iterator[None]:
         library.removeHandler(handler)
         library.setLevel(levels[0])
         driver.setLevel(levels[1])
-
-
-@contextmanager
-def _live_view(db: BaseDatabase, tally: Tally, started: float, duration: float,
-               failed_at: list[float],
-               live: TextIO) -> Iterator[None]:
-    """A status line a second: on a terminal redrawn in place, else one line each 5 s."""
-    done = threading.Event()
-    tty = live.isatty()
-
-    period = 1.0 if tty else 5.0
-
-    def draw() -> None:
-        while not done.wait(period):
-            now = time.monotonic()
-            with tally.lock:
-                window = [d for at, d, _ in tally.latencies if at > now - period]
-                orders = len(tally.acknowledged)
-            stats = db.stats()
-            recoveries = [f"{r:.2f}s" if r is not None else "..."
-                          for r in _recovery(tally, failed_at)]
-            pct = _percentiles(window)
-            line = (f"{now - started:4.0f}/{duration:.0f} s  {len(window) / period:5.0f} ops/s  "
-                    f"orders {orders:6d}  reads readers/writer {stats['reads_on_readers']}/"
-                    f"{stats['reads_on_writer']}  p50 {pct['p50']} ms p99 {pct['p99']} ms  "
-                    f"failovers {len(failed_at)} recovered {' '.join(recoveries) or '-'}")
-            print(("\r\x1b[2K" + line) if tty else line, end="" if tty else "\n", file=live,
-                  flush=True)
-
-    thread = threading.Thread(target=draw, name="demo-live-view", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join(5)
-        if tty:
-            print(file=live)
 
 
 def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
