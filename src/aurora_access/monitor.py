@@ -420,6 +420,7 @@ class ClusterMonitor:
                 self.refresh_topology()
                 self._refresh_positions()
                 self._router.endpoints.refresh()  # RDS's membership, when used, every minute
+                self._router.observer.flush()
                 if self.markers_ready() and time.monotonic() >= next_cleanup:
                     next_cleanup = time.monotonic() + _MARKER_CLEANUP_INTERVAL_S
                     self.query(self._router.current_topology().writer.host,

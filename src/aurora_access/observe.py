@@ -62,6 +62,9 @@ class Observer:
         wait, a commit's outcome being resolved), current while it runs."""
         return nullcontext(_NO_SPAN)
 
+    def flush(self) -> None:
+        """Hand what was kept to the exporter (called by the monitor's thread each refresh)."""
+
     def quiet(self) -> AbstractContextManager[object]:
         """Work of the library's own (its monitor's and positions' one-statement queries)
         that tracing instrumentations should leave out: as statement spans they would bury
