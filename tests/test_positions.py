@@ -20,12 +20,12 @@ from engines import replay_held, with_demo_data
 
 PG_FUNCTIONS = "pg_current_wal_lsn(), pg_current_wal_flush_lsn(), pg_last_wal_replay_lsn()"
 AURORA_FUNCTION = "aurora_replica_status()"
-ROUNDS = 1000
+ROUNDS = 500
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    """Readers 5 ms behind: short enough that 1000 rounds run in seconds with reads on readers,
+    """Readers 5 ms behind: short enough that 500 rounds run in seconds with reads on readers,
     long enough that a read not held back for its write is stale (shown by the control)."""
     with LocalCluster(port=free_port(), readers=2, replica_lag_ms=5) as c:
         yield with_demo_data(c)

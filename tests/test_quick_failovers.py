@@ -20,7 +20,7 @@ from aurora_access.local import LocalCluster, free_port
 from aurora_access.monitor import ClusterMonitor
 from aurora_access.topology import Topology
 
-TRIALS = {"postgresql": 10, "mysql": 10}  # 20 each measured the figures in RESULTS.md
+TRIALS = {"postgresql": 6, "mysql": 6}  # 20 each measured the figures in RESULTS.md
 
 
 @pytest.fixture(scope="module", params=["postgresql", "mysql"])

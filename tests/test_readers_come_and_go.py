@@ -19,7 +19,7 @@ from aurora_access.local import LocalCluster, free_port
 from aurora_access.local.layout import tcp_sockets
 from engines import where
 
-CYCLES = 20
+CYCLES = 8  # benchmarks/readers_come_and_go.py runs 20 (figures in RESULTS.md)
 THREADS = 8
 
 
@@ -60,7 +60,7 @@ def test_an_added_reader_streams_and_a_removed_one_is_gone(cluster: LocalCluster
 
 
 def test_reads_follow_readers_added_and_removed(cluster: LocalCluster) -> None:
-    """8 threads read while a reader is added and removed 20 times: no read fails, each new
+    """8 threads read while a reader is added and removed 8 times: no read fails, each new
     reader serves reads within a topology refresh or so of being added, and nothing is left
     connected to a removed one."""
     db = Database.from_env({**cluster.env(), "AURORA_TOPOLOGY_REFRESH_S": "0.25"})

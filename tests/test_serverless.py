@@ -39,7 +39,7 @@ def app_connections(cluster: LocalCluster) -> dict[str, int]:
     return counts
 
 
-@pytest.mark.parametrize("engine", ["postgresql", "mysql"])
+@pytest.mark.parametrize("engine", ["postgresql"])  # the next test pauses both engines
 def test_an_idle_application_closes_its_connections_and_its_monitor_sleeps(
         engine: str) -> None:
     with LocalCluster(engine=engine, port=free_port(), readers=2) as cluster:

@@ -224,9 +224,10 @@ class ShopBrowser:
         self.outcomes[what if ok else f"stale: {what}"] += 1
 
 
-GUNICORN_SHAPES = {  # id: (worker class, workers, app, --preload)
+# id: (worker class, workers, app, --preload); gthread with --preload (measured in RESULTS.md,
+# issue 12) is left out of the suite for time: the sync workers cover --preload's fork
+GUNICORN_SHAPES = {
     "gthread": ("gthread", 2, "flask_shop:create_app()", False),
-    "gthread, preloaded": ("gthread", 2, "flask_shop.wsgi:app", True),
     "sync, preloaded": ("sync", 4, "flask_shop.wsgi:app", True),
 }
 
