@@ -118,7 +118,7 @@ class BaseDatabase:
             observer = OtelObserver(self.meter_provider or NoOpMeterProvider(),
                                     settings.engine, self._router, self._pools, self._stats,
                                     self.tracer_provider)
-            self._router.observer = self._pools.observer = observer
+            self._router.observer = self._pools.logins.observer = observer
         self._started = StartOnce(self._start)
         self._router.start = self._started
 

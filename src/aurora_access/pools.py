@@ -36,8 +36,8 @@ from sqlalchemy.util.concurrency import in_greenlet
 
 from .auth import Credentials
 from .blocking import Blocking
-from .dialects import EngineDialect, takes_writes
-from .observe import NO_OBSERVER, Observer
+from .dialects import EngineDialect
+from .logins import Logins
 from .settings import Settings
 from .topology import Instance
 
@@ -50,21 +50,6 @@ Kind = Literal["transactions", "writer_reads", "autocommit", "probes", "async_pr
 #: them all the time (an overflow connection is closed when it is returned)
 PROBE_POOL_SIZE = 2
 PROBE_MAX_OVERFLOW = 3
-# how long after a host's connections were lost a refused login there is taken for the
-# instance having been rebuilt or replaced rather than for wrong credentials
-_CHANGE_WINDOW_S = 60.0
-
-
-def _apply(login: tuple[str | None, str | None], cparams: dict[str, Any]) -> None:
-    user, password = login
-    if user is not None:
-        cparams["user"] = user
-    if password is None:
-        cparams.pop("password", None)
-    else:
-        cparams["password"] = password
-
-
 class InstancePools:
     """Engines keyed by (host, port, kind), made on first use: ``transactions`` (the writer's
     sessions), ``writer_reads`` (reads sent to the writer), ``autocommit`` (reads on readers)
@@ -93,9 +78,10 @@ class InstancePools:
                  asynchronous: bool = False, blocking: Blocking | None = None) -> None:
         self._settings = settings
         self._dialect = dialect
-        self._credentials = credentials
         self._asynchronous = asynchronous
         self._blocking = blocking or Blocking()
+        #: how each new connection is opened (credentials, the writer checked, resumes)
+        self.logins = Logins(settings, dialect, credentials, self._blocking)
         self._async: dict[Engine, AsyncEngine] = {}  # sync facade -> its AsyncEngine
         self._loop: asyncio.AbstractEventLoop | None = None  # where the async engines live
         self._disposing: set[concurrent.futures.Future[None]] = set()
@@ -107,14 +93,8 @@ class InstancePools:
         self._engines: dict[tuple[str, int, Kind], Engine] = {}
         self._snapshot: dict[tuple[str, int], Engine] = {}
         self._tracked: dict[tuple[str, int], Engine] = {}
-        # hosts that accepted a login, and when a host's connections were last found lost:
-        # a refusal after both is the instance changing
-        self._accepted: set[str] = set()
-        self._lost: dict[str, float] = {}
         # DBAPI connections in use, per host: what to cut when that host hangs
         self._in_use: dict[str, set[Any]] = {}
-        #: told of new connections (metrics exporters)
-        self.observer: Observer = NO_OBSERVER
         #: when the application last used a connection (the library's probes do not count)
         self.last_used = time.monotonic()
         #: whether the pools were closed for idleness (``sleep``) and not used since
@@ -122,8 +102,6 @@ class InstancePools:
         #: called when the application uses the pools again after ``sleep``
         self.on_wake: Callable[[], None] = lambda: None
         self._asleep: set[str] = set()
-        # hosts that may be paused (Serverless v2) -> until when a connect may wait for them
-        self._resume_until: dict[str, float] = {}
 
     # -- idleness (Aurora Serverless v2 can pause an instance nobody is connected to) --------
 
@@ -136,7 +114,7 @@ class InstancePools:
                     return
                 self.idle = False
                 until = time.monotonic() + self._settings.resume_timeout_s
-                self._resume_until = dict.fromkeys(self._asleep, until)
+                self.logins.resume_until = dict.fromkeys(self._asleep, until)
             log.info("in use again: connections may wait up to %g s for paused instances "
                      "to resume", self._settings.resume_timeout_s)
             self.on_wake()
@@ -215,12 +193,6 @@ class InstancePools:
             self._tracked[key] = engine
         return engine
 
-    def _changed(self, host: str) -> bool:
-        """Whether ``host`` accepted a login before and lost its connections since, lately."""
-        lost = self._lost.get(host)
-        return host in self._accepted and lost is not None and \
-            time.monotonic() - lost < _CHANGE_WINDOW_S
-
     def connect_detached(self, instance: Instance) -> Any:
         """A DBAPI connection to ``instance`` (transactional), logged in as the pools' own
         are, and no longer the pool's: its caller owns and closes it (another engine's pool,
@@ -273,14 +245,14 @@ class InstancePools:
 
         @event.listens_for(engine, "do_connect")
         def _login(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
-            return self._connect(dialect, cargs, cparams, host, port, for_writer)
+            return self.logins.connect(dialect, cargs, cparams, host, port, for_writer)
 
         # A pool event, not an engine one: engine events (handle_error) take every
         # statement off SQLAlchemy's fast path (about 80 us of CPU a read, measured)
         @event.listens_for(engine.pool, "invalidate")
         def _dead_connection(dbapi_connection: Any, record: Any,
                              exception: BaseException | None) -> None:
-            self._lost[host] = time.monotonic()
+            self.logins.lost[host] = time.monotonic()
             if self.on_disconnect is not None:
                 self.on_disconnect(host)
 
@@ -313,71 +285,6 @@ class InstancePools:
             in_use.discard(dbapi_connection)
 
         return engine
-
-    def _connect(self, dialect: Any, cargs: Any, cparams: dict[str, Any], host: str, port: int,
-                 for_writer: bool) -> Any:
-        """A new DBAPI connection to ``host:port``, logged in with the credentials (and once
-        more with fresh ones if refused); one for the writer (``for_writer``: its transactions,
-        reads sent to it) must be to an instance that takes writes."""
-        credentials, ours, blocking = self._credentials, self._dialect, self._blocking
-        # an IAM token's first signing makes a boto3 client, a secret is read over the
-        # network: through ``blocking``, which keeps an event loop free; what is known
-        # already (a password, a token signed lately) costs no thread
-        _apply(credentials.cached(host, port) or blocking.run(credentials.login, host, port),
-               cparams)
-        began = time.monotonic()
-        try:
-            try:
-                connection = self._connect_resuming(dialect, cargs, cparams, host)
-            except Exception as error:
-                if not ours.is_auth_failure(error) or not credentials.renew(host, port):
-                    raise
-                log.info("login to %s:%s refused; trying once more with fresh "
-                         "credentials", host, port)
-                _apply(blocking.run(credentials.login, host, port), cparams)
-                connection = dialect.connect(*cargs, **cparams)
-        except Exception as error:
-            if self._changed(host) and ours.is_auth_failure(error):
-                # it took these credentials before, then lost its connections: the
-                # instance was rebuilt or replaced (a failover), which is the instance
-                # failing, not a wrong configuration
-                raise ours.lost_connection_error(
-                    f"{host}:{port} refused a login it accepted before (an instance "
-                    "rebuilt or replaced)") from error
-            raise
-        self._accepted.add(host)
-        self.observer.connection_created(host, time.monotonic() - began)
-        ours.connected(connection)
-        if for_writer and not takes_writes(ours, connection):
-            # the host taken for the writer no longer is: a failover the monitor has not
-            # seen yet, the old writer back as a reader (its reads would be stale)
-            connection.close()
-            raise ours.lost_connection_error(f"{host}:{port} no longer takes writes")
-        return connection
-
-    def _connect_resuming(self, dialect: Any, cargs: Any, cparams: dict[str, Any],
-                          host: str) -> Any:
-        """``dialect.connect``; to a host that may be resuming from a pause, tried again
-        until AURORA_RESUME_TIMEOUT_S after the wake-up (a paused Serverless v2 instance holds
-        a new connection until it has resumed, which can outlast AURORA_CONNECT_TIMEOUT)."""
-        while True:
-            try:
-                connection = dialect.connect(*cargs, **cparams)
-            except Exception as error:
-                until = self._resume_until.get(host)
-                if until is None or time.monotonic() >= until \
-                        or self._dialect.is_auth_failure(error):
-                    raise
-                log.debug("%s is not answering yet (resuming?): %s", host, type(error).__name__)
-                self._blocking.sleep(0.05)
-                continue
-            until = self._resume_until.get(host)
-            if until is not None:
-                # resumed: connections still on their way there (another thread's, one that
-                # timed out just before) get one more connect timeout, not the whole budget
-                self._resume_until[host] = min(until, time.monotonic()
-                                               + 2 * self._settings.connect_timeout)
-            return connection
 
     def pool_sizes(self) -> list[tuple[str, int, int, int]]:
         """(host, idle, in use, most it may open) over every pool of each host (metrics)."""
