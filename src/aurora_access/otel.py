@@ -69,25 +69,21 @@ class OtelObserver(Observer):
         self._pools = pools
         self._system = _SYSTEM.get(engine, engine)
         meter = meter_provider.get_meter("aurora_access")
-        self._duration = meter.create_histogram(
-            "db.client.operation.duration", unit="s",
-            description="Duration of database client operations",
-            explicit_bucket_boundaries_advisory=_SECONDS)
-        self._create_time = meter.create_histogram(
-            "db.client.connection.create_time", unit="s",
-            description="The time it took to create a new connection",
-            explicit_bucket_boundaries_advisory=_SECONDS)
+        def seconds(name: str, description: str) -> Any:
+            return meter.create_histogram(name, unit="s", description=description,
+                                          explicit_bucket_boundaries_advisory=_SECONDS)
+
+        self._duration = seconds("db.client.operation.duration",
+                                 "Duration of database client operations")
+        self._create_time = seconds("db.client.connection.create_time",
+                                    "The time it took to create a new connection")
+        self._discovery = seconds("aurora.writer_discovery.duration",
+                                  "Searches for the writer after it failed, until found or not")
+        self._ryw_wait = seconds("aurora.ryw.wait.duration",
+                                 "Reads waiting for a reader to replay a commit they must see")
         self._timeouts = meter.create_counter(
             "db.client.connection.timeouts", unit="{timeout}",
             description="Connections that timed out waiting for a pooled one")
-        self._discovery = meter.create_histogram(
-            "aurora.writer_discovery.duration", unit="s",
-            description="Searches for the writer after it failed, until found or given up",
-            explicit_bucket_boundaries_advisory=_SECONDS)
-        self._ryw_wait = meter.create_histogram(
-            "aurora.ryw.wait.duration", unit="s",
-            description="Reads waiting for a reader to replay a commit they must see",
-            explicit_bucket_boundaries_advisory=_SECONDS)
         for name in STAT_NAMES:  # read when collected: nothing on a statement's path
             meter.create_observable_counter(
                 f"aurora.{name}", [self._stat(name)], description=f"db.stats()['{name}']")
