@@ -76,7 +76,11 @@ class WriterDiscovery:
     """
 
     def __init__(self, probe: Callable[[str], bool], timeout: float,
-                 retry_interval: float = 0.05) -> None:
+                 retry_interval: float = 0.05,
+                 on_search: Callable[[float, bool], None] = lambda seconds, found: None
+                 ) -> None:
+        #: told of each search once, by the thread that ran it: its seconds, whether found
+        self.on_search = on_search
         self._probe = probe
         self._timeout = timeout
         self._retry_interval = retry_interval
@@ -97,12 +101,15 @@ class WriterDiscovery:
                 owner = False
         if not owner:
             return running.result()
+        began = time.monotonic()
         try:
             host = self._search(hosts)
         except BaseException as exc:
+            self.on_search(time.monotonic() - began, False)
             running.set_exception(exc)
             raise
         else:
+            self.on_search(time.monotonic() - began, True)
             running.set_result(host)
             return host
         finally:

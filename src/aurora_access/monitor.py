@@ -49,7 +49,9 @@ class ClusterMonitor:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._watchdog = Watchdog()
-        self._discovery = WriterDiscovery(self._probe_writer, settings.failover_timeout)
+        self._discovery = WriterDiscovery(
+            self._probe_writer, settings.failover_timeout,
+            on_search=self._searched)
         self._topology_lock = threading.Lock()
         self._topology_queries = list(dialect.topology_queries)  # reordered by discover
         #: where log positions are read (chosen at start-up; None: the instances tell none)
@@ -168,16 +170,9 @@ class ClusterMonitor:
         log.warning("writer %s failed (%s): looking for the writer", failed.id, kind.value)
         self._pools.discard(failed.host)
         self._router.writer_engine = None
-        observer = self._router.observer
-        began = time.monotonic()
-        with observer.span("aurora.writer_discovery", {"aurora.instance.id": failed.id,
-                                                        "aurora.failure": kind.value}) as span:
-            try:
-                host = self._discovery.find(self._instance_hosts)
-            except NoWriterAvailable:
-                observer.writer_discovery(time.monotonic() - began, False)
-                raise
-            observer.writer_discovery(time.monotonic() - began, True)
+        with self._router.observer.span("aurora.writer_discovery", {
+                "aurora.instance.id": failed.id, "aurora.failure": kind.value}) as span:
+            host = self._discovery.find(self._instance_hosts)  # callers share one search
             span.set_attribute("aurora.writer.host", host)
         with self._topology_lock:
             old = self._router.current_topology()
@@ -189,6 +184,10 @@ class ClusterMonitor:
             self._apply(old, Topology(writer, [r for r in old.readers if r.host != host]))
         self._wake.set()  # the monitor fills in the rest (the old writer back as a reader)
         return writer
+
+    def _searched(self, seconds: float, found: bool) -> None:
+        # the router's observer, as it is when the search ends (set after construction)
+        self._router.observer.writer_discovery(seconds, found)
 
     def _instance_hosts(self) -> list[str]:
         """Where the writer may be: every instance ever seen, the current topology's first;
