@@ -46,8 +46,6 @@ from .check import _failure
 from .check_report import _TOKEN
 from .database import Database
 from .errors import AuroraAccessError
-from .failover import Watchdog
-from .pools import InstancePools
 from .settings import Settings
 from .topology import Instance, Role
 
@@ -114,15 +112,12 @@ class Event:
 
 class Watcher:
     """Gathers snapshots of the cluster of ``db`` (which it closes). The instances are asked
-    in parallel, so that one that hangs or times out does not delay the others' answers, over
-    pools of the watch's own (kept between refreshes: a connection per refresh would show as
-    churn in the counts it reads), each query cut off after ``AURORA_HUNG_TIMEOUT_S`` as the
-    monitor's are."""
+    in parallel, so that one that hangs or times out does not delay the others' answers,
+    through the Database's own one-statement queries (``ClusterMonitor.query``: its probe
+    pools, kept between refreshes, each query cut off after ``AURORA_HUNG_TIMEOUT_S``)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._pools = InstancePools(db.settings, db.dialect, db.credentials)
-        self._watchdog = Watchdog()
         self._executor = ThreadPoolExecutor(_MAX_PARALLEL, thread_name_prefix="aurora-watch")
         self._secrets = {db.settings.password} if db.settings.password else set()
         self._hosts: set[str] = set()  # every host asked so far
@@ -134,24 +129,14 @@ class Watcher:
         instances = topology.instances
         self._hosts |= {i.host for i in instances}
         states = tuple(self._executor.map(self._ask, instances))
-        # instances gone from the topology: their pools closed
-        self._pools.retain({i.host for i in instances})
         return Snapshot(time.time(), topology.writer.id, states, self.db.stats())
 
     def _ask(self, instance: Instance) -> InstanceState:
         """The configuration's connections on ``instance``, asked there; its failure in a few
         words if it does not answer."""
-        dialect = self.db.dialect
         try:
-            with self._pools.probe_engine(instance.host, instance.port).connect() as conn:
-                dbapi_connection = conn.connection.dbapi_connection
-                # a hung instance accepts TCP and never answers: cut it off
-                guard = self._watchdog.arm(self.db.settings.hung_timeout_s,
-                                           lambda: dialect.abort_connection(dbapi_connection))
-                try:
-                    total, active = conn.exec_driver_sql(dialect.connections_sql).one()
-                finally:
-                    self._watchdog.disarm(guard)
+            (total, active), = self.db._monitor.query(instance.host,
+                                                      self.db.dialect.connections_sql)
         except Exception as error:  # shown per instance; the others are still asked
             return _state(instance, error=self.scrub(_failure(self.db, error)))
         return _state(instance, int(total), int(active))
@@ -164,13 +149,11 @@ class Watcher:
 
     def close(self) -> None:
         """Stop asking: connections still waiting on an instance are cut (so that Ctrl-C does
-        not wait for a hung one), then every pool and the Database are closed."""
+        not wait for a hung one), then the Database is closed."""
         self._executor.shutdown(wait=False, cancel_futures=True)
         for host in self._hosts:
-            self._pools.abort_in_use(host)
+            self.db._pools.abort_in_use(host)
         self._executor.shutdown(wait=True)
-        self._watchdog.close()
-        self._pools.dispose()
         self.db.close()
 
     def __enter__(self) -> Watcher:
