@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -82,10 +84,121 @@ def test_statements_pools_and_lag_are_measured(
     assert {p.attributes["db.client.connection.pool.name"]
             for p in found["db.client.connection.max"]} >= {writer.id}
     assert sum(p.count for p in found["db.client.connection.create_time"]) >= 2
+    waits = {p.attributes["db.client.connection.pool.name"]: p.count
+             for p in found["db.client.connection.wait_time"]}
+    assert waits[writer.id] >= 5  # each write asked the writer's pool
+    assert {p.attributes["db.client.connection.pool.name"]: p.value
+            for p in found["db.client.connection.pending_requests"]}[writer.id] == 0
     assert {p.attributes["aurora.instance.id"] for p in found["aurora.replica.lag"]} == \
         {r.id for r in failover_cluster.readers}
     assert sum(p.value for p in found["aurora.writes"]) >= 5
     assert sum(p.count for p in found["aurora.ryw.wait.duration"]) >= 1
+
+
+def test_requests_waiting_for_a_connection_are_counted(
+        failover_cluster: LocalCluster, reader: InMemoryMetricReader) -> None:
+    """With the writer's one connection taken, a second session's request waits: it is
+    pending until the first is returned, and its wait covers that time."""
+    with_demo_data(failover_cluster)
+    db = Database.from_env({**failover_cluster.env(), "AURORA_POOL_SIZE": "1",
+                            "AURORA_MAX_OVERFLOW": "0", "AURORA_POOL_TIMEOUT": "20"},
+                           meter_provider=MeterProvider(metric_readers=[reader]))
+    writer = failover_cluster.writer.id
+
+    def pending() -> float:
+        return sum(p.value for p in points(reader)["db.client.connection.pending_requests"]
+                   if p.attributes["db.client.connection.pool.name"] == writer)
+
+    try:
+        with db.writer() as holder:
+            holder.scalar(select(Customer.name).where(Customer.id == 1))
+            waiter = threading.Thread(target=lambda: db.run_transaction(lambda s: s.execute(
+                update(Customer).where(Customer.id == 2).values(name="waited"))))
+            waiter.start()
+            deadline = time.monotonic() + 10
+            while pending() < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert pending() >= 1
+            held_from = time.monotonic()
+            time.sleep(0.2)
+            held = time.monotonic() - held_from
+        waiter.join(20)
+        assert not waiter.is_alive()
+        assert pending() == 0
+        longest = max(p.max for p in points(reader)["db.client.connection.wait_time"]
+                      if p.attributes["db.client.connection.pool.name"] == writer)
+        assert longest >= held
+    finally:
+        db.close()
+
+
+def test_databases_sharing_a_provider_are_all_reported(
+        failover_cluster: LocalCluster, reader: InMemoryMetricReader) -> None:
+    """Two Databases recording into one provider (a worker's and the web app's, or one made
+    again after close) are both counted, and what a closed one counted stays counted."""
+    with_demo_data(failover_cluster)
+    provider = MeterProvider(metric_readers=[reader])
+    first = Database.from_env(failover_cluster.env(), meter_provider=provider)
+    second = Database.from_env(failover_cluster.env(), meter_provider=provider)
+
+    def writes() -> dict[str, float]:
+        return {p.attributes["aurora.cluster"]: p.value
+                for p in points(reader)["aurora.writes"]}
+
+    def used() -> float:
+        return sum(p.value for p in points(reader)["db.client.connection.count"]
+                   if p.attributes["db.client.connection.state"] == "used")
+
+    try:
+        for n, database in ((2, first), (3, second)):
+            for i in range(n):
+                database.run_transaction(lambda s, i=i: s.execute(
+                    update(Customer).where(Customer.id == 14).values(name=f"w{i}")))
+        endpoint = failover_cluster.env()["AURORA_CLUSTER_ENDPOINT"]
+        both = first.stats()["writes"] + second.stats()["writes"]
+        assert both >= 5 and writes() == {endpoint: both}
+        with first.writer() as a, second.writer() as b:
+            a.scalar(select(Customer.name).where(Customer.id == 14))
+            b.scalar(select(Customer.name).where(Customer.id == 14))
+            assert used() >= 2
+        first_writes = first.stats()["writes"]
+        first.close()
+        second.run_transaction(lambda s: s.execute(
+            update(Customer).where(Customer.id == 14).values(name="after")))
+        assert writes() == {endpoint: first_writes + second.stats()["writes"]}
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_forked_child_reports_its_own_pools(failover_cluster: LocalCluster) -> None:
+    """A child forked from a process whose Database is in use (gunicorn --preload) reports
+    its own pools, not the copy of its parent's it was born with."""
+    script = (
+        "import json, os, sys\n"
+        "from opentelemetry.sdk.metrics import MeterProvider\n"
+        "from opentelemetry.sdk.metrics.export import InMemoryMetricReader\n"
+        "from aurora_access import Database\n"
+        "reader = InMemoryMetricReader()\n"
+        "db = Database.from_env(json.loads(os.environ['ENV']),\n"
+        "                       meter_provider=MeterProvider(metric_readers=[reader]))\n"
+        "def used():\n"
+        "    data = reader.get_metrics_data()\n"
+        "    return sum(p.value for r in data.resource_metrics for s in r.scope_metrics\n"
+        "               for m in s.metrics if m.name == 'db.client.connection.count'\n"
+        "               for p in m.data.data_points\n"
+        "               if p.attributes['db.client.connection.state'] == 'used')\n"
+        "with db.writer() as s:\n"
+        "    s.connection()\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        print('child', used(), flush=True)\n"
+        "        os._exit(0)\n"
+        "    os.waitpid(pid, 0)\n"
+        "    print('parent', used(), flush=True)\n"
+        "db.close()\n")
+    assert sorted(run_script(script, failover_cluster).split("\n")) == \
+        ["", "child 0", "parent 1"]
 
 
 def test_a_failover_is_measured(db: Database, failover_cluster: LocalCluster,
@@ -121,11 +234,17 @@ def test_without_metrics_opentelemetry_is_not_imported(failover_cluster: LocalCl
         "db.topology()\n"
         "db.close()\n"
         "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n")
+    assert run_script(script, failover_cluster).strip() == "[]"
+
+
+def run_script(script: str, cluster: LocalCluster) -> str:
+    """What ``script`` prints, run in a new interpreter with the cluster's settings as JSON in
+    ``ENV``; it must succeed."""
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env={"ENV": json.dumps(failover_cluster.env()), "PATH": "/usr/bin"},
+                          env={"ENV": json.dumps(cluster.env()), "PATH": "/usr/bin"},
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    return done.stdout
 
 
 @pytest.fixture
@@ -162,10 +281,11 @@ def span_tree(finished: list[Any]) -> list[str]:
 
 def test_spans_name_the_instance_and_the_library_s_own_work(
         failover_cluster: LocalCluster, spans: tuple[TracerProvider, InMemorySpanExporter],
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """With the SQLAlchemy instrumentation on, statements' spans name the instance that ran
     them (the library's per-instance engines are instrumented); a read that waits for its
-    commit to be replayed has a span of its own, and so has a search for the writer."""
+    commit to be replayed has a span of its own, and so have a search for the writer and the
+    resolution of a COMMIT the failover cut off."""
     provider, exporter = spans
     with_demo_data(failover_cluster)
     db = Database.from_env({**failover_cluster.env(), "AURORA_RYW_WAIT_MS": "100"},
@@ -191,12 +311,36 @@ def test_spans_name_the_instance_and_the_library_s_own_work(
                  for s in finished if s.name not in ("aurora.ryw_wait", "POST /customers/13")}
         assert failover_cluster.writer.host in hosts
         exporter.clear()
-        failover_cluster.failover()
-        db.run_transaction(lambda s: s.execute(
-            update(Customer).where(Customer.id == 13).values(name="after")))
-        search = next(s for s in exporter.get_finished_spans()
-                      if s.name == "aurora.writer_discovery")
+        # the writer fails while a transaction's COMMIT is in flight: the library asks the
+        # new writer what became of it (commit_outcome) after finding it (writer_discovery)
+        commit_statements = db.dialect.commit_with_marker_statements
+        runs: list[int] = []
+
+        def fail_over_first(marker: str) -> list[str]:
+            if not runs:
+                failover_cluster.failover(wait_for_old_writer=False)
+            runs.append(1)
+            return commit_statements(marker)
+
+        monkeypatch.setattr(db.dialect, "commit_with_marker_statements", fail_over_first)
+        old_writer = failover_cluster.writer.id
+        try:
+            with tracer.start_as_current_span("POST /orders"):
+                db.run_transaction(lambda s: s.execute(
+                    update(Customer).where(Customer.id == 13).values(name="after")))
+        finally:
+            if runs:
+                failover_cluster.rejoin(old_writer)
+        assert len(runs) == 2  # aborted with the old writer, run again on the new one
+        finished = exporter.get_finished_spans()
+        with capsys.disabled():
+            print("\n" + "\n".join(span_tree(finished)))
+        search = next(s for s in finished if s.name == "aurora.writer_discovery")
         assert search.attributes["aurora.writer.host"] == failover_cluster.writer.host
+        outcome = next(s for s in finished if s.name == "aurora.commit_outcome")
+        assert outcome.attributes["aurora.instance.id"] == old_writer
+        assert outcome.attributes["aurora.commit.outcome"] == "aborted"
+        assert outcome.parent is not None  # in the request's trace
         with db.read_only() as s:  # a read on a reader: its span names that reader
             s.scalar(select(Customer.name).where(Customer.id == 1))
         readers = {r.host for r in failover_cluster.readers}

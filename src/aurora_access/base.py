@@ -116,8 +116,8 @@ class BaseDatabase:
             from .otel import OtelObserver  # noqa: PLC0415 - only with metrics asked for
 
             observer = OtelObserver(self.meter_provider or NoOpMeterProvider(),
-                                    settings.engine, self._router, self._pools, self._stats,
-                                    self.tracer_provider)
+                                    settings.engine, settings.cluster_endpoint, self._router,
+                                    self._pools, self._stats, self.tracer_provider)
             self._router.observer = self._pools.logins.observer = observer
         self._started = StartOnce(self._start)
         self._router.start = self._started
@@ -256,6 +256,7 @@ class BaseDatabase:
     def _close_threads(self, timeout: float) -> None:
         _LIVE.discard(self)
         self._monitor.close(timeout)
+        self._router.observer.close()
 
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {self.settings.engine} {self.settings.cluster_endpoint}"

@@ -54,6 +54,10 @@ class Observer:
     def connection_created(self, host: str, seconds: float) -> None:
         """A new connection to ``host`` was opened (login included) in ``seconds``."""
 
+    def connection_wait(self, host: str, seconds: float) -> None:
+        """A caller got a connection to ``host`` from its pool after ``seconds`` (the queue,
+        and a new connection's login when one was opened for it)."""
+
     def pool_timeout(self, instance: Instance | None) -> None:
         """A caller waited AURORA_POOL_TIMEOUT for a connection and got PoolExhausted."""
 
@@ -61,6 +65,9 @@ class Observer:
         """A span around work of the library's own (writer discovery, a read-your-writes
         wait, a commit's outcome being resolved), current while it runs."""
         return nullcontext(_NO_SPAN)
+
+    def close(self) -> None:
+        """The Database closed: what was kept is handed over, and nothing more reported."""
 
     def flush(self) -> None:
         """Hand what was kept to the exporter (called by the monitor's thread each refresh)."""

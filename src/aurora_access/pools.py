@@ -38,6 +38,7 @@ from .auth import Credentials
 from .blocking import Blocking
 from .dialects import EngineDialect
 from .logins import Logins
+from .pool_waits import Waits, measured_pool_class
 from .settings import Settings
 from .topology import Instance
 
@@ -95,6 +96,8 @@ class InstancePools:
         self._tracked: dict[tuple[str, int], Engine] = {}
         # DBAPI connections in use, per host: what to cut when that host hangs
         self._in_use: dict[str, set[Any]] = {}
+        # requests for a connection, per host (with metrics on: ``pool_waits``)
+        self._waits: dict[str, Waits] = {}
         #: when the application last used a connection (the library's probes do not count)
         self.last_used = time.monotonic()
         #: whether the pools were closed for idleness (``sleep``) and not used since
@@ -228,6 +231,9 @@ class InstancePools:
             options["isolation_level"] = "AUTOCOMMIT"
             # nothing to roll back on return in autocommit
             options["pool_reset_on_return"] = None
+        observer = self.logins.observer
+        if observer.enabled:
+            options["poolclass"] = measured_pool_class(asynchronous)
         if asynchronous:
             # looked up at each call, as OpenTelemetry's SQLAlchemy instrumentation (and any
             # such wrapper) replaces the module's function: the library's engines are then
@@ -241,6 +247,12 @@ class InstancePools:
         else:
             engine = sqlalchemy.create_engine(self.url(host, port), **options)
         self._dialect.prepare_engine(engine)
+        if observer.enabled:
+            waits = self._waits.get(host)
+            if waits is None:
+                waits = self._waits[host] = Waits(
+                    lambda seconds: observer.connection_wait(host, seconds))
+            engine.pool.waits = waits  # type: ignore[attr-defined]
         for_writer = kind in ("transactions", "writer_reads")
 
         @event.listens_for(engine, "do_connect")
@@ -286,8 +298,9 @@ class InstancePools:
 
         return engine
 
-    def pool_sizes(self) -> list[tuple[str, int, int, int]]:
-        """(host, idle, in use, most it may open) over every pool of each host (metrics)."""
+    def pool_sizes(self) -> list[tuple[str, int, int, int, int]]:
+        """(host, idle, in use, most it may open, requests waiting) over every pool of each
+        host (metrics)."""
         sizes: dict[str, list[int]] = {}
         s = self._settings
         for (host, _port, kind), engine in list(self._engines.items()):
@@ -298,7 +311,8 @@ class InstancePools:
             counts[0] += int(pool.checkedin())
             counts[1] += int(pool.checkedout())
             counts[2] += most
-        return [(host, idle, used, most) for host, (idle, used, most) in sizes.items()]
+        return [(host, idle, used, most, waits.pending if (waits := self._waits.get(host)) else 0)
+                for host, (idle, used, most) in sizes.items()]
 
     def abort_in_use(self, host: str) -> int:
         """Cut every connection to ``host`` now in use (a hung instance); returns how many."""
