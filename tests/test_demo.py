@@ -30,7 +30,7 @@ def _args(*argv: str) -> argparse.Namespace:
 def test_a_local_demo_loses_nothing_through_two_failovers(engine: str, api: str) -> None:
     out, live = io.StringIO(), io.StringIO()
     code = runner.run(_args("--duration", "7", "--failover-every", "3", "--threads", "4",
-                            "--products", "2000", "--engine", engine, "--json",
+                            "--products", "2000", "--engine", engine, "--json", "--metrics",
                             *(["--async"] if api == "async" else [])),
                       environ={}, out=out, live=live)
     summary = json.loads(out.getvalue())
@@ -47,6 +47,17 @@ def test_a_local_demo_loses_nothing_through_two_failovers(engine: str, api: str)
     # 0.77-1.5 over six 7 s runs, before and after issue 10); readers must take their share
     assert summary["reads_on_readers"] > summary["reads_on_writer"] / 2 > 0
     assert "2,000 products" in live.getvalue()  # what was loaded, said on the live stream
+    # --metrics: what an operator's exporter received, from every Database the run made
+    metrics = summary["metrics"]
+    assert metrics["aurora.failovers"]["total"] == 2
+    assert metrics["aurora.writer_discovery.duration"]["total"] >= 2
+    routes = metrics["db.client.operation.duration"]["attributes"]["aurora.route"]
+    assert {"read", "write"} <= set(routes)
+    for name in ("db.client.connection.count", "db.client.connection.max",
+                 "db.client.connection.pending_requests", "db.client.connection.wait_time",
+                 "db.client.connection.create_time", "aurora.replica.lag",
+                 "aurora.reads_on_readers"):
+        assert metrics[name]["series"] >= 1, name
 
 
 def test_against_a_configured_cluster_it_fails_over_through_rds_only_when_asked() -> None:

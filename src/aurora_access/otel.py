@@ -198,6 +198,7 @@ class OtelObserver(Observer):
         #: the process that made it (a forked child's copy is not its parent's to report)
         self.pid = os.getpid()
         self._attributes: dict[tuple[str, str, str], Attributes] = {}
+        self._names: dict[str, str] = {}  # host -> instance id (``_pool_name``)
         # statements' durations not recorded yet (``statement``); bounded by what one refresh
         # interval runs (a busy service: a few thousand)
         self._pending: deque[tuple[float, Attributes]] = deque()
@@ -318,8 +319,13 @@ class OtelObserver(Observer):
                 "db.client.connection.pool.name": self._pool_name(host)}
 
     def _pool_name(self, host: str) -> str:
-        topology = self._router.topology
-        for instance in [] if topology is None else topology.instances:
-            if instance.host == host:
-                return instance.id
-        return host
+        """The id of the instance at ``host``, as once seen in the topology (a failed writer
+        leaves it for a while, its pools' last waits are recorded after); the host itself
+        for an endpoint."""
+        name = self._names.get(host)
+        if name is None:
+            topology = self._router.topology
+            for instance in [] if topology is None else topology.instances:
+                self._names[instance.host] = instance.id
+            name = self._names.get(host, host)
+        return name

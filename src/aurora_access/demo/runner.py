@@ -40,6 +40,7 @@ from ..base import BaseDatabase
 from ..database import Database
 from ..local import LocalCluster, free_port
 from ..settings import Settings
+from .metrics import in_memory_meter, metric_lines, summarize_metrics
 from .models import Order, OrderLine, Product, Stock
 from .shop import create_schema
 from .view import EventHandler, Screen, Snapshot
@@ -71,6 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print the summary as one JSON object (the live view goes to "
                              "stderr)")
+    parser.add_argument("--metrics", action="store_true",
+                        help="record the library's OpenTelemetry metrics in an in-memory "
+                             "reader and print each one, its series and attributes, at the "
+                             "end (needs opentelemetry-sdk)")
 
 
 @dataclass
@@ -108,6 +113,7 @@ def run(args: argparse.Namespace, environ: dict[str, str] | None = None,
     """Run the demo; 0 if nothing was lost, doubled or read stale, else 1. ``rds_client``
     replaces boto3's RDS client (tests)."""
     environ = dict(os.environ if environ is None else environ)
+    provider, reader = in_memory_meter() if args.metrics else (None, None)
     with ExitStack() as stack:
         screen = stack.enter_context(Screen(live))
         stack.enter_context(_library_log(screen))
@@ -128,10 +134,15 @@ def run(args: argparse.Namespace, environ: dict[str, str] | None = None,
             where = (f"local {args.engine} cluster, {args.readers} readers, up in "
                      f"{cluster.started_in_s:.2f} s")
         screen.note(where)
-        db = Database(settings)
+        db = Database(settings, meter_provider=provider)
         stack.callback(db.close)
         _prepare_catalog(db, args, screen)
-        summary = _traffic(db, args, failovers, every, screen)
+        # pools and lag are read while the Databases are open, totals at the very end
+        during: dict[str, Any] = {}
+        summary = _traffic(db, args, failovers, every, screen, lambda: during.update(
+            summarize_metrics(reader) if reader is not None else {}))
+    if reader is not None:
+        summary["metrics"] = dict(sorted({**during, **summarize_metrics(reader)}.items()))
     if args.json:
         print(json.dumps(summary), file=out)
     else:
@@ -160,7 +171,10 @@ def _prepare_catalog(db: Database, args: argparse.Namespace, screen: Screen) -> 
 
 
 def _traffic(db: Database, args: argparse.Namespace, failovers: Failovers | None,
-             every: float | None, screen: Screen) -> dict[str, Any]:
+             every: float | None, screen: Screen,
+             traffic_over: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """The shoppers' run and its summary; ``traffic_over`` is called when the shoppers
+    stopped, their Database still open."""
     tally = Tally()
     with db.writer() as s:
         before = _stock_and_sold(s)
@@ -170,11 +184,12 @@ def _traffic(db: Database, args: argparse.Namespace, failovers: Failovers | None
     if not args.use_async:
         stats, elapsed, failed_at = _run_threads(db, tally, customers, args, failovers, every,
                                                  screen)
+        traffic_over()
         return _summary(db, stats, tally, elapsed, failed_at, args, before)
     db.close()  # one library instance watching the cluster, as in an async service
     stats, elapsed, failed_at = _run_tasks(db.settings, tally, customers, args, failovers,
-                                           every, screen)
-    with Database(db.settings) as checking:
+                                           every, screen, db.meter_provider, traffic_over)
+    with Database(db.settings, meter_provider=db.meter_provider) as checking:
         return _summary(checking, stats, tally, elapsed, failed_at, args, before)
 
 
@@ -199,12 +214,14 @@ def _run_threads(db: Database, tally: Tally, customers: list[list[int]],
 
 def _run_tasks(settings: Settings, tally: Tally, customers: list[list[int]],
                args: argparse.Namespace, failovers: Failovers | None, every: float | None,
-               screen: Screen) -> tuple[dict[str, int], float, list[float]]:
+               screen: Screen, meter_provider: Any = None,
+               traffic_over: Callable[[], None] = lambda: None,
+               ) -> tuple[dict[str, int], float, list[float]]:
     """``--async``: one asyncio task per shopper on an AsyncDatabase of the same settings,
     one event loop; failovers and the live view from a thread."""
 
     async def main() -> tuple[dict[str, int], float, list[float]]:
-        async with AsyncDatabase(settings) as adb:
+        async with AsyncDatabase(settings, meter_provider=meter_provider) as adb:
             await adb.wait_ready()
             stop = asyncio.Event()
             tasks = [asyncio.create_task(AsyncShopper(adb, tally, args.products, mine,
@@ -216,6 +233,7 @@ def _run_tasks(settings: Settings, tally: Tally, customers: list[list[int]],
             finally:
                 stop.set()
                 await asyncio.wait_for(asyncio.gather(*tasks), 60)
+            traffic_over()
             return adb.stats(), elapsed, failed_at
 
     return asyncio.run(main())
@@ -387,3 +405,8 @@ def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}", file=out)
+    if "metrics" in summary:
+        print("\nOpenTelemetry metrics (in-memory reader): name [series, total] attributes",
+              file=out)
+        for line in metric_lines(summary["metrics"]):
+            print(f"  {line}", file=out)
