@@ -32,8 +32,8 @@ def test_metrics_page_after_shopping(client: TestClient, shop_cluster: LocalClus
     assert client.get("/products/31").status_code == 200
     assert client.post("/customers/36/checkout", json={}).status_code == 201
     assert client.get("/customers/36/orders").status_code == 200
-    page = client.get("/metrics")
-    assert page.status_code == 200
+    page = client.get("/metrics", follow_redirects=False)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/plain")
     text = page.text
     writer = shop_cluster.writer
     durations = [line for line in text.splitlines()
@@ -43,6 +43,8 @@ def test_metrics_page_after_shopping(client: TestClient, shop_cluster: LocalClus
     assert any('aurora_route="read"' in line or 'aurora_route="ryw_fallback"' in line
                for line in durations)
     for name in ("db_client_connection_count", "db_client_connection_max",
+                 "db_client_connection_pending_requests",
+                 "db_client_connection_wait_time_seconds_count",
                  "aurora_writes_total", "aurora_failovers_total",
                  "aurora_replica_lag_milliseconds"):
         assert re.search(rf"^{name}\{{", text, re.M), name

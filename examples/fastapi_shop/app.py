@@ -32,7 +32,7 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
-from prometheus_client import CollectorRegistry, make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 
 import shop_core as shop
@@ -125,7 +125,13 @@ def create_app(db: Database, *, close_db_on_shutdown: bool = False,
     app.add_middleware(CommitTokenMiddleware, db=db)
     app.include_router(router)
     if metrics is not None:
-        app.mount("/metrics", make_asgi_app(registry=metrics))
+        registry = metrics
+
+        # a route, not ``app.mount("/metrics", make_asgi_app(...))``: a mount answers
+        # /metrics with a redirect to /metrics/
+        @app.get("/metrics", include_in_schema=False)
+        def metrics_page() -> Response:
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     add_error_handlers(app)
     return app
