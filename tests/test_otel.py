@@ -205,6 +205,7 @@ def test_a_failover_is_measured(db: Database, failover_cluster: LocalCluster,
                                 reader: InMemoryMetricReader) -> None:
     with db.session() as s:
         s.scalar(select(Customer.name).where(Customer.id == 12))
+    old_writer = failover_cluster.writer.id
     failover_cluster.failover()
     db.run_transaction(lambda s: s.execute(
         update(Customer).where(Customer.id == 12).values(name="after")))
@@ -213,6 +214,10 @@ def test_a_failover_is_measured(db: Database, failover_cluster: LocalCluster,
     searches = found["aurora.writer_discovery.duration"]
     assert sum(p.count for p in searches) >= 1
     assert all(p.attributes["aurora.writer_found"] for p in searches)
+    recovery, = found["aurora.failover.duration"]  # one failover, one recovery
+    assert recovery.count == 1 and recovery.sum > 0
+    assert (recovery.attributes["aurora.failed_instance.id"],
+            recovery.attributes["aurora.instance.id"]) == (old_writer, failover_cluster.writer.id)
 
 
 def test_without_a_meter_provider_nothing_is_observed(failover_cluster: LocalCluster) -> None:

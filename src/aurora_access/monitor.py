@@ -128,6 +128,8 @@ class ClusterMonitor:
         if old is not None and old.writer.id != new.writer.id:
             log.warning("writer changed: %s -> %s", old.writer.id, new.writer.id)
             self._stats.bump("failovers")
+            # seen here first when no statement failed on the old writer: timed from now
+            self._router.observer.writer_failed(old.writer)
             self._router.writer_positions.reset()
             self._router.replica_positions.reset()
         if old is None or {r.id for r in old.readers} != {r.id for r in new.readers}:
@@ -168,6 +170,7 @@ class ClusterMonitor:
         if current.writer.host != failed.host:
             return current.writer  # another thread already moved on
         log.warning("writer %s failed (%s): looking for the writer", failed.id, kind.value)
+        self._router.observer.writer_failed(failed)
         self._pools.discard(failed.host)
         self._router.writer_engine = None
         with self._router.observer.span("aurora.writer_discovery", {

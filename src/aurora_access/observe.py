@@ -44,6 +44,11 @@ class Observer:
                   seconds: float) -> None:
         """A statement ran on ``instance`` for ``route``, taking ``seconds``."""
 
+    def writer_failed(self, writer: Instance) -> None:
+        """The writer stopped answering (a statement's connection, the heartbeat), or the
+        monitor saw another instance take its place: a failover's recovery is timed from the
+        first of these."""
+
     def writer_discovery(self, seconds: float, found: bool) -> None:
         """A search for the writer ended (found, or NoWriterAvailable) after ``seconds``."""
 

@@ -13,10 +13,11 @@ semantic conventions for database clients:
   ``db.client.connection.timeouts``, ``db.client.connection.create_time`` and
   ``db.client.connection.wait_time`` (histograms, s);
 - the library's own: every ``db.stats()`` counter as ``aurora.<name>`` (failovers, retries,
-  ryw_waits, ryw_fallbacks, iam_tokens_generated, ...), ``aurora.writer_discovery.duration``
-  (histogram, s: a failover's search for the new writer), ``aurora.ryw.wait.duration``
-  (histogram, s, with ``aurora.ryw.outcome`` reader or writer) and ``aurora.replica.lag``
-  (gauge, ms, per reader).
+  ryw_waits, ryw_fallbacks, iam_tokens_generated, ...), ``aurora.failover.duration``
+  (histogram, s: from the writer found failing to the first statement a writer ran after it),
+  ``aurora.writer_discovery.duration`` (histogram, s: a failover's search for the new
+  writer), ``aurora.ryw.wait.duration`` (histogram, s, with ``aurora.ryw.outcome`` reader or
+  writer) and ``aurora.replica.lag`` (gauge, ms, per reader).
 
 Spans of its own (the tracer provider given, else the global one): ``aurora.writer_discovery``,
 ``aurora.ryw_wait`` and ``aurora.commit_outcome``, with the attributes above and what each
@@ -41,6 +42,7 @@ from __future__ import annotations
 import operator
 import os
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -89,6 +91,9 @@ class _Instruments:
                                    "The time it took to create a new connection")
         self.wait_time = seconds("db.client.connection.wait_time",
                                  "The time it took to obtain an open connection from the pool")
+        self.recovery = seconds("aurora.failover.duration",
+                                "From the writer found failing to the first statement the "
+                                "writer (a new one, or the same one back) ran afterwards")
         self.discovery = seconds("aurora.writer_discovery.duration",
                                  "Searches for the writer after it failed, until found or not")
         self.ryw_wait = seconds("aurora.ryw.wait.duration",
@@ -203,6 +208,8 @@ class OtelObserver(Observer):
         # interval runs (a busy service: a few thousand)
         self._pending: deque[tuple[float, Attributes]] = deque()
         self._waits: deque[tuple[str, float]] = deque()  # (host, seconds), likewise
+        #: (the failed writer's id, when) while a failover has not recovered
+        self._failed: tuple[str, float] | None = None
         self._instruments = _instruments(meter_provider)
         self._instruments.add(self)
 
@@ -220,6 +227,8 @@ class OtelObserver(Observer):
         measured), a deque append well under one."""
         if instance is not None:
             self._pending.append((seconds, self._statement_attributes(instance, route)))
+            if self._failed is not None and instance.role == "writer":
+                self._recovered(instance, seconds)
 
     def flush(self) -> None:
         """Record the statements' durations and connection waits kept since the last flush
@@ -242,6 +251,22 @@ class OtelObserver(Observer):
             if host not in pools:
                 pools[host] = self._pool_attributes(host)
             record(seconds, pools[host])
+
+    def writer_failed(self, writer: Instance) -> None:
+        if self._failed is None:  # threads failing together: the first one's time
+            self._failed = (writer.id, time.perf_counter())
+
+    def _recovered(self, writer: Instance, seconds: float) -> None:
+        """A statement ran on the writer: the first one that began after the failure ends
+        the failover's recovery."""
+        failed = self._failed
+        now = time.perf_counter()
+        if failed is None or now - seconds < failed[1]:
+            return
+        self._failed = None
+        self._instruments.recovery.record(now - failed[1], {
+            **self._own, "aurora.failed_instance.id": failed[0],
+            "aurora.instance.id": writer.id})
 
     def writer_discovery(self, seconds: float, found: bool) -> None:
         self._instruments.discovery.record(seconds, {**self._own, "aurora.writer_found": found})

@@ -2,7 +2,8 @@
 exporter would receive them, read from the SDK's in-memory reader at the end.
 
 Each metric is summed up on one line: its series (attribute sets), their total (a histogram's
-count, a counter's or gauge's value) and every value each attribute took.
+count and the sum of its values, a counter's or gauge's value) and every value each attribute
+took.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def in_memory_meter() -> tuple[Any, Any]:
 
 
 def summarize_metrics(reader: Any) -> dict[str, dict[str, Any]]:
-    """Metric name -> {"series": n, "total": x, "attributes": {name: [values]}}."""
+    """Metric name -> {"series": n, "total": x, "attributes": {name: [values]}} (and, for a
+    histogram, whose total is its count, "sum": the sum of its values)."""
     found: dict[str, dict[str, Any]] = {}
     data = reader.get_metrics_data()
     for resource in [] if data is None else data.resource_metrics:
@@ -34,22 +36,29 @@ def summarize_metrics(reader: Any) -> dict[str, dict[str, Any]]:
                                                        "attributes": {}})
                 for point in metric.data.data_points:
                     entry["series"] += 1
-                    entry["total"] += getattr(point, "count", None) or \
-                        getattr(point, "value", 0)
+                    if hasattr(point, "count"):  # a histogram: how many, and their sum
+                        entry["total"] += point.count
+                        entry["sum"] = entry.get("sum", 0) + point.sum
+                    else:
+                        entry["total"] += point.value
                     for key, value in point.attributes.items():
                         values = entry["attributes"].setdefault(key, [])
                         if value not in values:
                             values.append(value)
     for entry in found.values():
         entry["total"] = round(entry["total"], 3)
+        if "sum" in entry:
+            entry["sum"] = round(entry["sum"], 3)
         for values in entry["attributes"].values():
             values.sort(key=str)
     return dict(sorted(found.items()))
 
 
 def metric_lines(summary: dict[str, dict[str, Any]]) -> list[str]:
-    """``name [n series, total x] attribute=v1|v2; ...`` per metric."""
-    return [f"{name} [{entry['series']} series, total {entry['total']}] "
+    """``name [n series, total x] attribute=v1|v2; ...`` per metric (a histogram's total
+    is its count, followed by its sum)."""
+    return [f"{name} [{entry['series']} series, total {entry['total']}"
+            + (f", sum {entry['sum']}" if "sum" in entry else "") + "] "
             + "; ".join(f"{key}={'|'.join(str(v) for v in values)}"
                         for key, values in sorted(entry["attributes"].items()))
             for name, entry in summary.items()]
