@@ -26,6 +26,7 @@ from .dialects import EngineDialect
 from .errors import NoWriterAvailable
 from .failover import ErrorKind, Watchdog, WriterDiscovery, likely_cause
 from .pools import InstancePools
+from .position_source import choose_position_source
 from .router import Router
 from .settings import Settings
 from .stats import Stats
@@ -76,7 +77,8 @@ class ClusterMonitor:
         left running then (a later call may try again)."""
         try:
             self.refresh_topology()
-            self.positions = self._choose_positions()
+            self.positions = choose_position_source(
+                self.dialect, self._router.current_topology(), self._position)
             self._router.lag_mode = self.positions is None
         except BaseException:
             self._watchdog.close()
@@ -335,40 +337,6 @@ class ClusterMonitor:
         if back:
             log.info("readers answering again: %s", ", ".join(sorted(back)))
         self._router.unhealthy = {r.id for r in topology.readers} - healthy
-
-    def _choose_positions(self) -> PositionQueries | None:
-        """The first of the dialect's position sources that the writer and a reader answer
-        (Aurora's metadata, then the engine's own functions); None when none does (Aurora
-        MySQL): read-your-writes then goes by replica lag."""
-        for source in self.dialect.position_queries:
-            if self._answers(source):
-                log.info("read-your-writes by log position: %s", source.name)
-                return source
-        log.info("no log positions here: read-your-writes goes by replica lag")
-        return None
-
-    def _answers(self, source: PositionQueries) -> bool:
-        """Whether the writer and a reader tell positions from ``source``. An instance that
-        does not answer (down, or refusing the login) is no evidence either way: another
-        reader is asked, and with no answer at all the source is assumed until shown
-        otherwise. A refusal (a missing function, a revoked privilege) or a NULL is a no."""
-        topology = self._router.current_topology()
-        for host, sql in [(topology.writer.host, source.writer_sql),
-                          *((r.host, source.replica_sql) for r in topology.readers)]:
-            try:
-                position = self._position(host, sql)
-            except DBAPIError as exc:
-                if exc.connection_invalidated or self.dialect.classify(exc).instance_failed \
-                        or self.dialect.is_auth_failure(exc.orig or exc):
-                    continue
-                log.debug("log positions from %s unavailable: %s", source.name,
-                          first_line(exc.orig or exc))
-                return False
-            if position is None:
-                return False
-            if host != topology.writer.host:
-                return True  # a reader answered (and the writer, unless it did not answer)
-        return True
 
     def _idle(self) -> bool:
         """Whether the application has sent nothing for AURORA_IDLE_PAUSE_S. Then the monitor
