@@ -132,6 +132,7 @@ class ClusterMonitor:
             self._stats.bump("failovers")
             # seen here first when no statement failed on the old writer: timed from now
             self._router.observer.writer_failed(old.writer)
+            self._router.observer.writer_changed(new.writer)
             self._router.writer_positions.reset()
             self._router.replica_positions.reset()
         if old is None or {r.id for r in old.readers} != {r.id for r in new.readers}:

@@ -49,6 +49,9 @@ class Observer:
         monitor saw another instance take its place: a failover's recovery is timed from the
         first of these."""
 
+    def writer_changed(self, writer: Instance) -> None:
+        """``writer`` is the writer now (found by a search, or seen by the monitor)."""
+
     def writer_discovery(self, seconds: float, found: bool) -> None:
         """A search for the writer ended (found, or NoWriterAvailable) after ``seconds``."""
 

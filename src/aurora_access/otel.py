@@ -14,7 +14,8 @@ semantic conventions for database clients:
   ``db.client.connection.wait_time`` (histograms, s);
 - the library's own: every ``db.stats()`` counter as ``aurora.<name>`` (failovers, retries,
   ryw_waits, ryw_fallbacks, iam_tokens_generated, ...), ``aurora.failover.duration``
-  (histogram, s: from the writer found failing to the first statement a writer ran after it),
+  (histogram, s: from the writer found failing to the first statement a writer ran after it,
+  or to the writer's change when that statement began after it),
   ``aurora.writer_discovery.duration`` (histogram, s: a failover's search for the new
   writer), ``aurora.ryw.wait.duration`` (histogram, s, with ``aurora.ryw.outcome`` reader or
   writer) and ``aurora.replica.lag`` (gauge, ms, per reader).
@@ -210,6 +211,7 @@ class OtelObserver(Observer):
         self._waits: deque[tuple[str, float]] = deque()  # (host, seconds), likewise
         #: (the failed writer's id, when) while a failover has not recovered
         self._failed: tuple[str, float] | None = None
+        self._changed: float | None = None  # when the writer changed, since ``_failed``
         self._instruments = _instruments(meter_provider)
         self._instruments.add(self)
 
@@ -255,16 +257,25 @@ class OtelObserver(Observer):
     def writer_failed(self, writer: Instance) -> None:
         if self._failed is None:  # threads failing together: the first one's time
             self._failed = (writer.id, time.perf_counter())
+            self._changed = None
+
+    def writer_changed(self, writer: Instance) -> None:
+        if self._failed is not None and self._changed is None:
+            self._changed = time.perf_counter()
 
     def _recovered(self, writer: Instance, seconds: float) -> None:
         """A statement ran on the writer: the first one that began after the failure ends
-        the failover's recovery."""
-        failed = self._failed
+        the failover's recovery; at its end if it began before the new writer was known (it
+        waited for it), else when the writer changed (a quiet service sends its next
+        statement later: that wait is not the failover's)."""
+        failed, changed = self._failed, self._changed
         now = time.perf_counter()
-        if failed is None or now - seconds < failed[1]:
+        began = now - seconds
+        if failed is None or began < failed[1]:
             return
         self._failed = None
-        self._instruments.recovery.record(now - failed[1], {
+        end = now if changed is None or began < changed else changed
+        self._instruments.recovery.record(end - failed[1], {
             **self._own, "aurora.failed_instance.id": failed[0],
             "aurora.instance.id": writer.id})
 
