@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
@@ -353,3 +353,41 @@ def test_spans_name_the_instance_and_the_library_s_own_work(
                    in readers for s in exporter.get_finished_spans())
     finally:
         db.close()
+
+
+def test_a_failover_s_recovery_ends_when_the_writer_served_or_changed(
+        monkeypatch: pytest.MonkeyPatch, reader: InMemoryMetricReader) -> None:
+    """A statement that waited through the failover ends the recovery when it ends; one that
+    began after the new writer was known (a quiet service's next request) ends it at the
+    change, not at its own time."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from aurora_access import otel  # noqa: PLC0415
+    from aurora_access.stats import Stats  # noqa: PLC0415
+    from aurora_access.topology import Instance  # noqa: PLC0415
+
+    now = [100.0]
+    monkeypatch.setattr(otel.time, "perf_counter", lambda: now[0])
+    observer = otel.OtelObserver(
+        MeterProvider(metric_readers=[reader]), "postgresql", "cluster", router=cast(
+            Any, SimpleNamespace(topology=None)),
+        pools=cast(Any, SimpleNamespace(pool_sizes=list)), stats=Stats())
+    old, new = (Instance(id=i, host=f"h{i}", port=5432, role="writer") for i in ("1", "2"))
+
+    def recoveries() -> list[float]:
+        observer.flush()
+        return [p.sum for p in points(reader).get("aurora.failover.duration", [])]
+
+    observer.writer_failed(old)
+    now[0] = 100.2
+    observer.writer_changed(new)
+    now[0] = 100.5  # a statement that began at 100.1 (it waited) ends at 100.5
+    observer.statement(new, "write", 0.4)
+    assert recoveries() == [pytest.approx(0.5)]
+    observer.writer_failed(new)  # at 100.5
+    now[0] = 100.6
+    observer.writer_changed(old)
+    now[0] = 130.0  # the next statement began long after the change: recovered at 100.6
+    observer.statement(old, "write", 0.001)
+    assert sorted(recoveries()) == [pytest.approx(0.1), pytest.approx(0.5)]
+    observer.close()
