@@ -212,6 +212,7 @@ class OtelObserver(Observer):
         #: (the failed writer's id, when) while a failover has not recovered
         self._failed: tuple[str, float] | None = None
         self._changed: float | None = None  # when the writer changed, since ``_failed``
+        self._recovery_lock = threading.Lock()
         self._instruments = _instruments(meter_provider)
         self._instruments.add(self)
 
@@ -268,12 +269,13 @@ class OtelObserver(Observer):
         the failover's recovery; at its end if it began before the new writer was known (it
         waited for it), else when the writer changed (a quiet service sends its next
         statement later: that wait is not the failover's)."""
-        failed, changed = self._failed, self._changed
-        now = time.perf_counter()
-        began = now - seconds
-        if failed is None or began < failed[1]:
-            return
-        self._failed = None
+        with self._recovery_lock:  # statements of several threads may end it at once
+            failed, changed = self._failed, self._changed
+            now = time.perf_counter()
+            began = now - seconds
+            if failed is None or began < failed[1]:
+                return
+            self._failed = None
         end = now if changed is None or began < changed else changed
         self._instruments.recovery.record(end - failed[1], {
             **self._own, "aurora.failed_instance.id": failed[0],

@@ -3,7 +3,8 @@
 SQLAlchemy's pool has events for a connection checked out, not for one asked for, so the
 wait is measured around ``Pool.connect`` (what ``Engine.connect`` and a Session's bind call):
 the queue, a new connection's login when the pool opens one, and the checkout events. Only
-pools made while metrics are on are of these classes; the others pay nothing.
+the application's pools made while metrics are on are of these classes (not the library's
+probes); the others pay nothing.
 
 ``Engine.dispose`` replaces its pool by ``pool.recreate()``, which makes one of the same class
 from its settings: the waits are handed on there.

@@ -232,7 +232,8 @@ class InstancePools:
             # nothing to roll back on return in autocommit
             options["pool_reset_on_return"] = None
         observer = self.logins.observer
-        if observer.enabled:
+        measured = observer.enabled and not probes  # the application's waits, not the library's
+        if measured:
             options["poolclass"] = measured_pool_class(asynchronous)
         if asynchronous:
             # looked up at each call, as OpenTelemetry's SQLAlchemy instrumentation (and any
@@ -247,7 +248,7 @@ class InstancePools:
         else:
             engine = sqlalchemy.create_engine(self.url(host, port), **options)
         self._dialect.prepare_engine(engine)
-        if observer.enabled:
+        if measured:
             waits = self._waits.get(host)
             if waits is None:
                 waits = self._waits[host] = Waits(
