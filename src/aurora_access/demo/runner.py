@@ -22,27 +22,25 @@ import asyncio
 import json
 import logging
 import os
-import statistics
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from ..async_database import AsyncDatabase
 from ..base import BaseDatabase
 from ..database import Database
 from ..local import LocalCluster, free_port
 from ..settings import Settings
-from .metrics import in_memory_meter, metric_lines, summarize_metrics
-from .models import Order, OrderLine, Product, Stock
+from .metrics import in_memory_meter, summarize_metrics
+from .models import Product
 from .shop import create_schema
+from .summary import percentiles, print_summary, recoveries, stock_and_sold, summarize
 from .view import EventHandler, Screen, Snapshot
 from .workload import AsyncShopper, Shopper, Tally, load_catalog
 
@@ -146,7 +144,7 @@ def run(args: argparse.Namespace, environ: dict[str, str] | None = None,
     if args.json:
         print(json.dumps(summary), file=out)
     else:
-        _print_summary(summary, out)
+        print_summary(summary, out)
     bad = summary["orders_lost"] or summary["orders_doubled"] or summary["stale_reads"]
     return 1 if bad else 0
 
@@ -177,7 +175,7 @@ def _traffic(db: Database, args: argparse.Namespace, failovers: Failovers | None
     stopped, their Database still open."""
     tally = Tally()
     with db.writer() as s:
-        before = _stock_and_sold(s)
+        before = stock_and_sold(s)
     per_shopper = CUSTOMERS // args.threads
     customers = [list(range(n * per_shopper + 1, (n + 1) * per_shopper + 1))
                  for n in range(args.threads)]
@@ -185,12 +183,12 @@ def _traffic(db: Database, args: argparse.Namespace, failovers: Failovers | None
         stats, elapsed, failed_at = _run_threads(db, tally, customers, args, failovers, every,
                                                  screen)
         traffic_over()
-        return _summary(db, stats, tally, elapsed, failed_at, args, before)
+        return summarize(db, stats, tally, elapsed, failed_at, args, before)
     db.close()  # one library instance watching the cluster, as in an async service
     stats, elapsed, failed_at = _run_tasks(db.settings, tally, customers, args, failovers,
                                            every, screen, db.meter_provider, traffic_over)
     with Database(db.settings, meter_provider=db.meter_provider) as checking:
-        return _summary(checking, stats, tally, elapsed, failed_at, args, before)
+        return summarize(checking, stats, tally, elapsed, failed_at, args, before)
 
 
 def _run_threads(db: Database, tally: Tally, customers: list[list[int]],
@@ -270,8 +268,8 @@ def _snapshots(db: BaseDatabase, tally: Tally, started: float, duration: float,
             recent = _since(tally.latencies, now - window)
             orders, stale = len(tally.acknowledged), tally.stale_reads
         stats = db.stats()
-        pct = _percentiles(recent)
-        last = _recovery(tally, failed_at[-1:])
+        pct = percentiles(recent)
+        last = recoveries(tally, failed_at[-1:])
         return Snapshot(
             elapsed_s=now - started, duration_s=duration, ops_per_s=len(recent) / window,
             orders=orders, stale_reads=stale, reads_on_readers=stats["reads_on_readers"],
@@ -293,71 +291,6 @@ def _since(latencies: list[tuple[float, float, str]], since: float) -> list[floa
     return recent
 
 
-def _stock_and_sold(session: Session) -> tuple[int, int]:
-    stock = session.scalar(select(func.coalesce(func.sum(Stock.quantity), 0))) or 0
-    sold = session.scalar(select(func.coalesce(func.sum(OrderLine.quantity), 0))) or 0
-    return int(stock), int(sold)
-
-
-def _recovery(tally: Tally, failed_at: list[float]) -> list[float | None]:
-    """Per failover: from its start to the end of the first checkout that began after it."""
-    with tally.lock:
-        checkouts = sorted(tally.checkouts)
-    recoveries: list[float | None] = []
-    for at in failed_at:
-        done = [end for start, end in checkouts if start >= at]
-        recoveries.append(round(min(done) - at, 3) if done else None)
-    return recoveries
-
-
-def _summary(db: Database, stats: dict[str, int], tally: Tally, elapsed: float,
-             failed_at: list[float], args: argparse.Namespace,
-             before: tuple[int, int]) -> dict[str, Any]:
-    attempted = sorted(tally.attempted)
-    with db.writer() as s:
-        present: Counter[str] = Counter()
-        for first in range(0, len(attempted), 1000):
-            present.update(s.scalars(select(Order.id).where(
-                Order.id.in_(attempted[first:first + 1000]))))
-        stock, sold = _stock_and_sold(s)
-    acknowledged, unknown = dict(tally.acknowledged), dict(tally.unknown)
-    lost = [o for o in acknowledged if o not in present]
-    # twice, or there without having been acknowledged (a failed attempt that wrote anyway)
-    doubled = [o for o, n in present.items()
-               if n > 1 or (o not in acknowledged and o not in unknown)]
-    kinds = Counter(kind for _, _, kind in tally.latencies)
-    return {
-        "duration_s": round(elapsed, 1),
-        "threads": args.threads,
-        "orders_placed": len(acknowledged),
-        "orders_lost": len(lost),
-        "orders_doubled": len(doubled),
-        "orders_outcome_unknown": len(unknown),
-        "orders_outcome_unknown_present": sum(o in present for o in unknown),
-        "stale_reads": tally.stale_reads,
-        "stock_consistent": before[0] - stock == sold - before[1],
-        "failovers": len(failed_at),
-        "recovery_s": _recovery(tally, failed_at),
-        "operations": dict(kinds),
-        "operations_per_s": round(sum(kinds.values()) / elapsed, 1),
-        "latency_ms": _percentiles([d for _, d, _ in tally.latencies]),
-        "checkout_latency_ms": _percentiles(
-            [d for _, d, kind in tally.latencies if kind == "checkout"]),
-        "reads_on_readers": stats["reads_on_readers"],
-        "reads_on_writer": stats["reads_on_writer"],
-        "ryw_fallbacks": stats["ryw_fallbacks"],
-        "retries": stats["retries"],
-        "abandoned_rounds": dict(tally.failed),
-    }
-
-
-def _percentiles(values: list[float]) -> dict[str, float | None]:
-    if len(values) < 2:
-        return {"p50": None, "p99": None}
-    cuts = statistics.quantiles(values, n=100)
-    return {"p50": round(cuts[49] * 1000, 2), "p99": round(cuts[98] * 1000, 2)}
-
-
 @contextmanager
 def _library_log(screen: Screen) -> Iterator[None]:
     """The library's warnings (a writer lost, found again) on the screen, each burst once
@@ -375,38 +308,3 @@ def _library_log(screen: Screen) -> Iterator[None]:
         library.removeHandler(handler)
         library.setLevel(levels[0])
         driver.setLevel(levels[1])
-
-
-def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
-    recoveries = ", ".join("not recovered" if r is None else f"{r:.2f} s"
-                           for r in summary["recovery_s"]) or "-"
-    rows = [
-        ("duration", f"{summary['duration_s']} s, {summary['threads']} shoppers"),
-        ("orders placed", summary["orders_placed"]),
-        ("orders lost (must be 0)", summary["orders_lost"]),
-        ("orders doubled (must be 0)", summary["orders_doubled"]),
-        ("stale reads (must be 0)", summary["stale_reads"]),
-        ("orders with unknown outcome", f"{summary['orders_outcome_unknown']} "
-                                        f"({summary['orders_outcome_unknown_present']} present)"),
-        ("stock consistent with orders", summary["stock_consistent"]),
-        ("failovers", summary["failovers"]),
-        ("recovery per failover", recoveries),
-        ("throughput", f"{summary['operations_per_s']} operations/s"),
-        ("latency p50 / p99", f"{summary['latency_ms']['p50']} / "
-                              f"{summary['latency_ms']['p99']} ms"),
-        ("checkout p50 / p99", f"{summary['checkout_latency_ms']['p50']} / "
-                               f"{summary['checkout_latency_ms']['p99']} ms"),
-        ("reads on readers / writer", f"{summary['reads_on_readers']} / "
-                                      f"{summary['reads_on_writer']}"),
-        ("read-your-writes fallbacks", summary["ryw_fallbacks"]),
-        ("transparent retries", summary["retries"]),
-        ("rounds abandoned (documented errors)", summary["abandoned_rounds"] or 0),
-    ]
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}", file=out)
-    if "metrics" in summary:
-        print("\nOpenTelemetry metrics (in-memory reader): name [series, total] attributes",
-              file=out)
-        for line in metric_lines(summary["metrics"]):
-            print(f"  {line}", file=out)
