@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -207,9 +208,14 @@ def test_a_failover_is_measured(db: Database, failover_cluster: LocalCluster,
         s.scalar(select(Customer.name).where(Customer.id == 12))
     old_writer = failover_cluster.writer.id
     failover_cluster.failover()
-    db.run_transaction(lambda s: s.execute(
-        update(Customer).where(Customer.id == 12).values(name="after")))
+    new_id = 900_000 + uuid.uuid4().int % 100_000
+    with db.session() as s:  # an ORM write alone: the flush is what runs on the new writer
+        s.add(Customer(id=new_id, email=f"{new_id}@example.com", name="after"))
+        s.commit()
     found = points(reader)
+    writes = [p for p in found["db.client.operation.duration"]
+              if p.attributes["aurora.route"] == "write"]
+    assert {p.attributes["aurora.instance.id"] for p in writes} == {failover_cluster.writer.id}
     assert sum(p.value for p in found["aurora.failovers"]) == 1
     searches = found["aurora.writer_discovery.duration"]
     assert sum(p.count for p in searches) >= 1
@@ -282,6 +288,26 @@ def span_tree(finished: list[Any]) -> list[str]:
 
     walk(None, 0)
     return lines
+
+
+def test_the_library_s_own_queries_make_no_spans_without_a_provider(
+        failover_cluster: LocalCluster,
+        spans: tuple[TracerProvider, InMemorySpanExporter]) -> None:
+    """SQLAlchemy instrumented, a Database given no provider: its monitor's queries still
+    make no spans (they would be about ten a second), the application's statements do."""
+    _, exporter = spans
+    with_demo_data(failover_cluster)
+    db = Database.from_env(failover_cluster.env())
+    try:
+        db.topology()
+        exporter.clear()
+        db.refresh_topology()  # the monitor's queries, in this thread
+        assert exporter.get_finished_spans() == ()
+        with db.read_only() as s:
+            s.scalar(select(Customer.name).where(Customer.id == 1))
+        assert exporter.get_finished_spans()
+    finally:
+        db.close()
 
 
 def test_spans_name_the_instance_and_the_library_s_own_work(

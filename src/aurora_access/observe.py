@@ -10,7 +10,9 @@ Routes (``aurora.route``): why a statement went where it went.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+import sys
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
@@ -83,8 +85,24 @@ class Observer:
     def quiet(self) -> AbstractContextManager[object]:
         """Work of the library's own (its monitor's and positions' one-statement queries)
         that tracing instrumentations should leave out: as statement spans they would bury
-        the application's (a read-your-writes wait asks every 2 ms)."""
-        return nullcontext()
+        the application's (a read-your-writes wait asks every 2 ms). Whether or not this
+        Database was given a provider: an application that instruments SQLAlchemy has
+        imported OpenTelemetry, whose context says so; one that has not pays a dict
+        lookup."""
+        context = sys.modules.get("opentelemetry.context")
+        return nullcontext() if context is None else _suppressed(context)
+
+
+@contextmanager
+def _suppressed(context: Any) -> Iterator[None]:
+    """The key OpenTelemetry's instrumentations check before making spans, set (the API's
+    ``opentelemetry.context`` module, already imported by the application)."""
+    key = getattr(context, "_SUPPRESS_INSTRUMENTATION_KEY", "suppress_instrumentation")
+    token = context.attach(context.set_value(key, True))
+    try:
+        yield
+    finally:
+        context.detach(token)
 
 
 _NO_SPAN = _NoSpan()

@@ -46,11 +46,11 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import context, trace
+from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
 from .observe import Observer, RouteReason, SpanLike
@@ -61,9 +61,6 @@ if TYPE_CHECKING:
     from .router import Router
     from .topology import Instance
 
-#: what instrumentations check (``opentelemetry.instrumentation.utils.suppress_instrumentation``
-#: sets it; that package is the instrumentations', not the API's)
-_SUPPRESS = getattr(context, "_SUPPRESS_INSTRUMENTATION_KEY", "suppress_instrumentation")
 #: the semantic conventions' ``db.system.name`` of each engine
 _SYSTEM = {"postgresql": "postgresql", "mysql": "mysql"}
 # boundaries for sub-millisecond statements up to failovers (the conventions' advice)
@@ -303,15 +300,6 @@ class OtelObserver(Observer):
     def span(self, name: str, attributes: dict[str, Any]) -> AbstractContextManager[SpanLike]:
         return self._tracer.start_as_current_span(
             name, attributes={"db.system.name": self._system, **attributes})
-
-    @contextmanager
-    def quiet(self) -> Iterator[None]:
-        """The context key OpenTelemetry's instrumentations check before making spans."""
-        token = context.attach(context.set_value(_SUPPRESS, True))
-        try:
-            yield
-        finally:
-            context.detach(token)
 
     # -- what a collection reads (``_Instruments``) -----------------------------------
 

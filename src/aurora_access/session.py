@@ -134,6 +134,12 @@ class RoutingSession(Session):
         if self.transaction_writer is None and self.mode != "read_only" and \
                 self._flush_reaches_writer():
             self._open_writer_connection()
+        observer = self.router.observer
+        # metrics: a flush that writes is one operation on the writer (its INSERT, UPDATE and
+        # DELETE statements run inside SQLAlchemy's unit of work, past _execute_internal)
+        timed = observer.enabled and self.transaction_writer is not None and \
+            self._flush_reaches_writer()
+        began = time.perf_counter() if timed else 0.0
         try:
             super().flush(objects)
         except DBAPIError as error:
@@ -144,6 +150,9 @@ class RoutingSession(Session):
             raise self._pool_exhausted() from error
         if self.transaction_writer is not None:
             self.writer_ran = True
+            if timed:
+                observer.statement(self.transaction_writer[1], "write",
+                                   time.perf_counter() - began)
 
     def _flush_reaches_writer(self) -> bool:
         """Whether the pending changes include some that go to Aurora's writer."""
