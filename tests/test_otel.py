@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import select, update
 
-from aurora_access import Database
+from aurora_access import Database, PoolExhausted
 from aurora_access.demo.models import Customer
 from aurora_access.local import LocalCluster
 from engines import replay_held, with_demo_data
@@ -90,6 +90,8 @@ def test_statements_pools_and_lag_are_measured(
     assert waits[writer.id] >= 5  # each write asked the writer's pool
     assert {p.attributes["db.client.connection.pool.name"]: p.value
             for p in found["db.client.connection.pending_requests"]}[writer.id] == 0
+    assert {p.attributes["db.client.connection.pool.name"]: p.value  # a series from the start
+            for p in found["db.client.connection.timeouts"]}[writer.id] == 0
     assert {p.attributes["aurora.instance.id"] for p in found["aurora.replica.lag"]} == \
         {r.id for r in failover_cluster.readers}
     assert sum(p.value for p in found["aurora.writes"]) >= 5
@@ -129,6 +131,35 @@ def test_requests_waiting_for_a_connection_are_counted(
         longest = max(p.max for p in points(reader)["db.client.connection.wait_time"]
                       if p.attributes["db.client.connection.pool.name"] == writer)
         assert longest >= held
+    finally:
+        db.close()
+
+
+def test_a_pool_timeout_is_counted(failover_cluster: LocalCluster,
+                                   reader: InMemoryMetricReader) -> None:
+    with_demo_data(failover_cluster)
+    db = Database.from_env({**failover_cluster.env(), "AURORA_POOL_SIZE": "1",
+                            "AURORA_MAX_OVERFLOW": "0", "AURORA_POOL_TIMEOUT": "0.3"},
+                           meter_provider=MeterProvider(metric_readers=[reader]))
+    try:
+        with db.writer() as holder:
+            holder.scalar(select(Customer.name).where(Customer.id == 1))
+            failed: list[BaseException] = []
+
+            def second() -> None:
+                try:
+                    with db.writer() as s:
+                        s.scalar(select(Customer.name).where(Customer.id == 1))
+                except PoolExhausted as error:
+                    failed.append(error)
+
+            thread = threading.Thread(target=second)
+            thread.start()
+            thread.join(10)
+        assert len(failed) == 1
+        timeouts = {p.attributes["db.client.connection.pool.name"]: p.value
+                    for p in points(reader)["db.client.connection.timeouts"]}
+        assert timeouts[failover_cluster.writer.id] == 1
     finally:
         db.close()
 
@@ -369,7 +400,7 @@ def test_spans_name_the_instance_and_the_library_s_own_work(
         search = next(s for s in finished if s.name == "aurora.writer_discovery")
         assert search.attributes["aurora.writer.host"] == failover_cluster.writer.host
         outcome = next(s for s in finished if s.name == "aurora.commit_outcome")
-        assert outcome.attributes["aurora.instance.id"] == old_writer
+        assert outcome.attributes["aurora.failed_instance.id"] == old_writer
         assert outcome.attributes["aurora.commit.outcome"] == "aborted"
         assert outcome.parent is not None  # in the request's trace
         with db.read_only() as s:  # a read on a reader: its span names that reader

@@ -177,7 +177,7 @@ class ClusterMonitor:
         self._pools.discard(failed.host)
         self._router.writer_engine = None
         with self._router.observer.span("aurora.writer_discovery", {
-                "aurora.instance.id": failed.id, "aurora.failure": kind.value}) as span:
+                "aurora.failed_instance.id": failed.id, "aurora.failure": kind.value}) as span:
             host = self._discovery.find(self._instance_hosts)  # callers share one search
             span.set_attribute("aurora.writer.host", host)
         with self._topology_lock:

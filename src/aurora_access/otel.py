@@ -45,7 +45,7 @@ import os
 import threading
 import time
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
@@ -96,9 +96,6 @@ class _Instruments:
                                  "Searches for the writer after it failed, until found or not")
         self.ryw_wait = seconds("aurora.ryw.wait.duration",
                                 "Reads waiting for a reader to replay a commit they must see")
-        self.timeouts = meter.create_counter(
-            "db.client.connection.timeouts", unit="{timeout}",
-            description="Connections that timed out waiting for a pooled one")
         # counts of Databases closed, per (name, attributes): counters never go down
         self._closed: dict[tuple[str, frozenset[tuple[str, Any]]], tuple[int, Attributes]] = {}
         for name in STAT_NAMES:  # read when collected: nothing on a statement's path
@@ -111,6 +108,10 @@ class _Instruments:
         meter.create_observable_up_down_counter(
             "db.client.connection.max", [self._summed(OtelObserver.connection_max)],
             unit="{connection}", description="The most connections each pool may open")
+        # observed, not added to: every pool has its series from the start, at 0
+        meter.create_observable_counter(
+            "db.client.connection.timeouts", [self._summed(OtelObserver.timeouts)],
+            unit="{timeout}", description="Connections that timed out waiting for a pooled one")
         meter.create_observable_up_down_counter(
             "db.client.connection.pending_requests",
             [self._summed(OtelObserver.pending_requests)], unit="{request}",
@@ -209,7 +210,8 @@ class OtelObserver(Observer):
         #: (the failed writer's id, when) while a failover has not recovered
         self._failed: tuple[str, float] | None = None
         self._changed: float | None = None  # when the writer changed, since ``_failed``
-        self._recovery_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._timeouts: Counter[str] = Counter()  # PoolExhausted per pool name
         self._instruments = _instruments(meter_provider)
         self._instruments.add(self)
 
@@ -266,7 +268,7 @@ class OtelObserver(Observer):
         the failover's recovery; at its end if it began before the new writer was known (it
         waited for it), else when the writer changed (a quiet service sends its next
         statement later: that wait is not the failover's)."""
-        with self._recovery_lock:  # statements of several threads may end it at once
+        with self._lock:  # statements of several threads may end it at once
             failed, changed = self._failed, self._changed
             now = time.perf_counter()
             began = now - seconds
@@ -293,9 +295,8 @@ class OtelObserver(Observer):
         self._waits.append((host, seconds))
 
     def pool_timeout(self, instance: Instance | None) -> None:
-        self._instruments.timeouts.add(1, {"db.system.name": self._system,
-                                           "db.client.connection.pool.name":
-                                               instance.id if instance else "unknown"})
+        with self._lock:
+            self._timeouts[instance.id if instance else "unknown"] += 1
 
     def span(self, name: str, attributes: dict[str, Any]) -> AbstractContextManager[SpanLike]:
         return self._tracer.start_as_current_span(
@@ -315,6 +316,14 @@ class OtelObserver(Observer):
     def connection_max(self) -> Iterable[Values]:
         for host, _, _, most, _ in self._pools.pool_sizes():
             yield most, self._pool_attributes(host)
+
+    def timeouts(self) -> Iterable[Values]:
+        counts = Counter(dict.fromkeys(
+            (self._pool_name(host) for host, *_ in self._pools.pool_sizes()), 0))
+        counts.update(self._timeouts)
+        for name, count in counts.items():
+            yield count, {"db.system.name": self._system,
+                          "db.client.connection.pool.name": name}
 
     def pending_requests(self) -> Iterable[Values]:
         for host, _, _, _, pending in self._pools.pool_sizes():

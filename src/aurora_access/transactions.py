@@ -161,7 +161,7 @@ class TransactionRunner:
         with contextlib.suppress(NoWriterAvailable):
             self._router.fail(writer, kind)
         with self._router.observer.span("aurora.commit_outcome", {
-                "aurora.instance.id": writer.id, "aurora.failure": kind.value}) as span:
+                "aurora.failed_instance.id": writer.id, "aurora.failure": kind.value}) as span:
             outcome = self._router.blocking.run(self.resolve_commit_outcome, marker)
             span.set_attribute("aurora.commit.outcome", outcome)
         log.warning("a COMMIT cut off on %s (%s) was %s", writer.id, kind.value, outcome)
