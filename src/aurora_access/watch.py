@@ -226,7 +226,8 @@ def render(snapshot: Snapshot, events: Iterable[Event], watched: str,
     parts.append(Text("events", style="bold"))
     parts += [Text(f"  {e.line()}") for e in shown] or [Text("  none yet", style="dim")]
     parts.append(Text("connections: this user's to this database, per instance (this watch's "
-                      "included)", style="dim"))
+                      "included); active: running a statement (not counting this watch's)",
+                      style="dim"))
     if footer:
         parts.append(Text(footer, style="dim"))
     return Group(*parts)

@@ -100,8 +100,10 @@ class MySqlDialect:
     # how many connections clients may open (one more is kept for a SUPER/CONNECTION ADMIN)
     max_connections_sql = "SELECT @@max_connections"
     # this configuration's connections to the instance asked: the process list shows a user
-    # its own threads without PROCESS; CURRENT_USER() is the account, ``user@host pattern``
-    connections_sql = ("SELECT count(*), COALESCE(SUM(COMMAND <> 'Sleep'), 0) "
+    # its own threads without PROCESS; CURRENT_USER() is the account, ``user@host pattern``;
+    # and those running a statement besides the one asking
+    connections_sql = ("SELECT count(*), "
+                       "COALESCE(SUM(COMMAND <> 'Sleep' AND ID <> CONNECTION_ID()), 0) "
                        "FROM information_schema.PROCESSLIST "
                        "WHERE USER = SUBSTRING_INDEX(CURRENT_USER(), '@', 1) AND DB = DATABASE()")
     # MariaDB's GTIDs (Aurora MySQL has none of its readers: it goes by replica lag)

@@ -63,8 +63,10 @@ class PostgresDialect:
     max_connections_sql = ("SELECT current_setting('max_connections')::int "
                            "- current_setting('superuser_reserved_connections')::int")
     # this configuration's connections to the instance asked (the activity view shows a
-    # role's own sessions in full without extra privileges)
-    connections_sql = ("SELECT count(*), count(*) FILTER (WHERE state = 'active') "
+    # role's own sessions in full without extra privileges), and those running a statement
+    # besides the one asking
+    connections_sql = ("SELECT count(*), "
+                       "count(*) FILTER (WHERE state = 'active' AND pid <> pg_backend_pid()) "
                        "FROM pg_catalog.pg_stat_activity "
                        "WHERE usename = current_user AND datname = current_database()")
     # Whether an instance takes writes: asked of every instance after a writer failure.
