@@ -4,6 +4,8 @@ it, in separate processes."""
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -18,9 +20,10 @@ from aurora_access.local.layout import address_prefix, listening
 from aurora_access.local.processes import is_alive
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "aurora_access.cli", *args],
-                          capture_output=True, text=True, timeout=120, check=False)
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def _writes_through_cluster_endpoint(engine: str, exports: dict[str, str],
@@ -62,7 +65,9 @@ def test_up_status_failover_down(shm_dir: Path, engine: str) -> None:
     assert again.returncode == 0, again.stderr
     assert again.stdout == up.stdout
 
-    status = cli("local", "status", "--dir", str(shm_dir))
+    # the exported AURORA_LOCAL_DIR: the shell's next commands need no --dir
+    assert exports["AURORA_LOCAL_DIR"] == shlex.quote(str(shm_dir.resolve()))
+    status = cli("local", "status", env={"AURORA_LOCAL_DIR": str(shm_dir)})
     assert status.returncode == 0, status.stderr
     assert "11 " in status.stdout and "writer" in status.stdout and "lag" in status.stdout
 

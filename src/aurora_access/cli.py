@@ -90,15 +90,20 @@ def _up(args: argparse.Namespace) -> None:
           file=sys.stderr)
     print(f"# stop it with: aurora-access local down --dir {shlex.quote(str(args.dir))}",
           file=sys.stderr)
-    for name, value in cluster.env().items():
-        print(f"export {name}={shlex.quote(value)}")
+    _print_exports(cluster, args.dir)
 
 
 def _env(args: argparse.Namespace) -> None:
     """The export lines ``up`` printed, for another shell: ``eval "$(aurora-access local
     env)"``."""
-    cluster = LocalCluster.attach(args.dir)
-    for name, value in cluster.env().items():
+    _print_exports(LocalCluster.attach(args.dir), args.dir)
+
+
+def _print_exports(cluster: LocalCluster, directory: Path) -> None:
+    """The cluster's ``AURORA_*`` settings, and ``AURORA_LOCAL_DIR`` so that the shell's next
+    ``aurora-access local ...`` commands find this cluster without ``--dir``."""
+    exports = {**cluster.env(), "AURORA_LOCAL_DIR": str(Path(directory).resolve())}
+    for name, value in exports.items():
         print(f"export {name}={shlex.quote(value)}")
 
 
