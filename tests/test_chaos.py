@@ -71,17 +71,17 @@ class Orders:
 
 
 def faults(cluster: LocalCluster) -> list[object]:
-    """3 failovers 1.5 s apart, a reader crashed and restarted after the second; blocking."""
+    """3 failovers 1 s apart, a reader crashed and restarted after the second; blocking."""
     reports: list[object] = []
     for round_ in range(3):
-        time.sleep(1.5)
+        time.sleep(1.0)
         reports.append(cluster.failover())
         if round_ == 1:
             victim = cluster.readers[0].id
             cluster.crash(victim)
-            time.sleep(1.0)
+            time.sleep(0.5)
             cluster.restart(victim)
-    time.sleep(1.5)
+    time.sleep(1.0)
     return reports
 
 

@@ -276,10 +276,10 @@ def test_the_flask_shop_under_gunicorn_through_failovers(tmp_path: Path, shape: 
                 browser.start()
             reports, crashes = [], []
             for _ in range(2):
-                time.sleep(3)
+                time.sleep(2)
                 crashes.append(time.monotonic())
                 reports.append(c.failover())
-            time.sleep(3)
+            time.sleep(2)
             stop.set()
             for browser in browsers:
                 browser.join()
