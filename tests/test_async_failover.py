@@ -6,11 +6,13 @@ must keep running meanwhile call them in a thread."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
 import pytest
 from sqlalchemy import insert, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aurora_access import AsyncDatabase, TransactionReplayRequired
@@ -244,3 +246,44 @@ def test_a_paused_writer_is_noticed_within_the_bound(cluster: LocalCluster) -> N
     assert ticks >= 50 * noticed_after, "the event loop was held while the writer hung"
     print(f"\nasync: paused writer noticed after {noticed_after:.2f} s; the blocked task got "
           f"its error after {failed_after:.2f} s; the loop ticked {ticks} times meanwhile")
+
+
+def test_a_writer_lost_while_its_position_is_asked_is_looked_for_off_the_loop(
+        cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read after a commit asks the writer's log position; when that query finds the
+    writer gone, the search for the writer runs in a thread: on the event loop it held every
+    task for as long as the search took (10 s seen through a failover)."""
+
+    async def work(db: AsyncDatabase[Any]) -> list[bool]:
+        monitor = db._monitor
+        loop_thread = threading.current_thread()
+        position, recover = monitor._position, monitor.recover_writer
+        searched_on_loop: list[bool] = []
+        assert monitor.positions is not None
+        writer_sql = monitor.positions.writer_sql
+
+        def writer_gone_once(host: str, sql: str) -> int | None:
+            if sql == writer_sql and not searched_on_loop:
+                raise DBAPIError.instance(sql, None, db.dialect.lost_connection_error(
+                    "server closed the connection unexpectedly"), Exception)
+            return position(host, sql)
+
+        def searching(failed: Any, kind: Any) -> Any:
+            searched_on_loop.append(threading.current_thread() is loop_thread)
+            return recover(failed, kind)  # the writer answers: found again where it was
+
+        async with db.session() as s:  # connected, the monitor's first observations made
+            await s.scalar(select(Customer.name).where(Customer.id == 7))
+        monkeypatch.setattr(monitor, "_position", writer_gone_once)
+        monkeypatch.setattr(monitor, "recover_writer", searching)
+        async with db.session() as s:
+            customer = await s.get(Customer, 7)
+            assert customer is not None
+            customer.name = "asked off the loop"
+            await s.commit()
+        async with db.session() as s:  # must see the commit: asks the writer's position
+            assert await s.scalar(select(Customer.name).where(Customer.id == 7)) == \
+                "asked off the loop"
+        return searched_on_loop
+
+    assert with_async_db(cluster, work, **SLOW) == [False]

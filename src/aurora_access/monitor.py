@@ -297,8 +297,8 @@ class ClusterMonitor:
             except DBAPIError as exc:
                 kind = self.dialect.classify(exc)
                 if attempt == 0 and kind.instance_failed:
-                    try:
-                        self.recover_writer(writer, kind)
+                    try:  # asked from an AsyncSession's work: in a thread, not on the loop
+                        self._router.blocking.run(self.recover_writer, writer, kind)
                     except NoWriterAvailable:
                         return None
                     continue
