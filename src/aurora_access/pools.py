@@ -38,7 +38,7 @@ from .auth import Credentials
 from .blocking import Blocking
 from .dialects import EngineDialect
 from .logins import Logins
-from .pool_waits import Waits, measured_pool_class
+from .pool_waits import Waits, pool_class
 from .settings import Settings
 from .topology import Instance
 
@@ -233,8 +233,7 @@ class InstancePools:
             options["pool_reset_on_return"] = None
         observer = self.logins.observer
         measured = observer.enabled and not probes  # the application's waits, not the library's
-        if measured:
-            options["poolclass"] = measured_pool_class(asynchronous)
+        options["poolclass"] = pool_class(asynchronous, measured)
         if asynchronous:
             # looked up at each call, as OpenTelemetry's SQLAlchemy instrumentation (and any
             # such wrapper) replaces the module's function: the library's engines are then
