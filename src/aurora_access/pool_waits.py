@@ -34,8 +34,8 @@ from sqlalchemy.util.concurrency import await_, in_greenlet
 
 
 class Waits:
-    """The requests for a connection to one host (all of its pools): how many are pending,
-    and ``on_wait(seconds)`` for each one served."""
+    """The application's requests for a connection to one host (all of its application
+    pools): how many are pending, and ``on_wait(seconds)`` for each one served."""
 
     def __init__(self, on_wait: Callable[[float], None]) -> None:
         self.on_wait = on_wait
