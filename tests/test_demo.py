@@ -73,7 +73,7 @@ def test_against_a_configured_cluster_it_fails_over_through_rds_only_when_asked(
                 return {}
 
         out = io.StringIO()
-        code = runner.run(_args("--duration", "4", "--threads", "2", "--products", "500",
+        code = runner.run(_args("--duration", "2", "--threads", "2", "--products", "500",
                                 "--json"), environ=cluster.env(), out=out, live=io.StringIO(),
                           rds_client=FakeRds())
         assert code == 0 and json.loads(out.getvalue())["failovers"] == 0 and calls == []

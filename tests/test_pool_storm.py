@@ -17,7 +17,7 @@ from aurora_access.local import LocalCluster
 from engines import settle
 
 THREADS = 200
-ROUNDS = 3
+ROUNDS = 2
 HOLD_S = 0.2  # each write transaction holds its connection this long
 UPDATE = text("UPDATE storm SET v = :v WHERE id = :id")
 READ = text("SELECT v FROM storm WHERE id = :id")
