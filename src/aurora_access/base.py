@@ -117,7 +117,8 @@ class BaseDatabase:
 
             observer = OtelObserver(self.meter_provider or NoOpMeterProvider(),
                                     settings.engine, settings.cluster_endpoint, self._router,
-                                    self._pools, self._stats, self.tracer_provider)
+                                    self._pools, self._stats, self.tracer_provider,
+                                    self._monitor.instance_at)
             self._router.observer = self._pools.logins.observer = observer
         self._started = StartOnce(self._start)
         self._router.start = self._started

@@ -205,6 +205,10 @@ class ClusterMonitor:
         current = [] if topology is None else [i.host for i in topology.instances]
         return list(dict.fromkeys([*current, *self._seen]))
 
+    def instance_at(self, host: str) -> Instance | None:
+        """The instance seen at ``host`` (in any topology so far), or None (an endpoint)."""
+        return self._seen.get(host)
+
     def _remember(self, instances: list[Instance]) -> None:
         for instance in instances:
             self._seen[instance.host] = instance

@@ -191,7 +191,8 @@ class OtelObserver(Observer):
 
     def __init__(self, meter_provider: MeterProvider, engine: str, cluster: str,
                  router: Router, pools: InstancePools, stats: Stats,
-                 tracer_provider: trace.TracerProvider | None = None) -> None:
+                 tracer_provider: trace.TracerProvider | None = None,
+                 instance_at: Callable[[str], Instance | None] = lambda host: None) -> None:
         self._tracer = trace.get_tracer("aurora_access", tracer_provider=tracer_provider)
         self._router = router
         self._stats = stats
@@ -202,7 +203,7 @@ class OtelObserver(Observer):
         #: the process that made it (a forked child's copy is not its parent's to report)
         self.pid = os.getpid()
         self._attributes: dict[tuple[str, str, str], Attributes] = {}
-        self._names: dict[str, str] = {}  # host -> instance id (``_pool_name``)
+        self._instance_at = instance_at  # the monitor's: every instance seen, by host
         # statements' durations not recorded yet (``statement``); bounded by what one refresh
         # interval runs (a busy service: a few thousand)
         self._pending: deque[tuple[float, Attributes]] = deque()
@@ -357,10 +358,5 @@ class OtelObserver(Observer):
         """The id of the instance at ``host``, as once seen in the topology (a failed writer
         leaves it for a while, its pools' last waits are recorded after); the host itself
         for an endpoint."""
-        name = self._names.get(host)
-        if name is None:
-            topology = self._router.topology
-            for instance in [] if topology is None else topology.instances:
-                self._names[instance.host] = instance.id
-            name = self._names.get(host, host)
-        return name
+        instance = self._instance_at(host)
+        return host if instance is None else instance.id

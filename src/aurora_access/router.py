@@ -110,13 +110,15 @@ class Router:
         topology = self.current_topology()
         endpoint = session.endpoint
         members = None if endpoint is None else self._members(endpoint, topology)
-        reader = self._choose_reader(topology, session.after, session.own_commit, members)
+        usable = self._usable(topology, members)
+        reader = self._choose_among(usable, session.after, session.own_commit,
+                                    members is not None) if usable else None
         if reader is None:
             writer = session.last_instance = topology.writer
             if members is not None and writer.id not in members:
                 raise self._endpoint_unavailable(endpoint, members, topology)
-            session.last_route = "ryw_fallback" if self._usable_reader(topology) \
-                else "no_reader"
+            # with a usable reader, the read came here for read-your-writes
+            session.last_route = "ryw_fallback" if usable else "no_reader"
             self.stats.bump("reads_on_writer")
             if snapshot:
                 return self.pools.engine(writer)
@@ -126,13 +128,6 @@ class Router:
         session.last_route = "read"
         self.stats.bump("reads_on_readers")
         return self.pools.snapshot_engine(reader) if snapshot else self.pools.engine(reader)
-
-    def _usable_reader(self, topology: Topology) -> bool:
-        """Whether a reader could have served a read that went to the writer (so it went
-        there for read-your-writes, not for want of a reader)."""
-        max_lag = self.settings.max_replica_lag_ms
-        return any(r.id not in self.unhealthy and (r.lag_ms is None or r.lag_ms <= max_lag)
-                   for r in topology.readers)
 
     def _endpoint_unavailable(self, endpoint: str | None, members: frozenset[str],
                               topology: Topology) -> EndpointUnavailable:
@@ -169,15 +164,23 @@ class Router:
                        members: frozenset[str] | None = None) -> Instance | None:
         """A reader for a read, or None (the writer). ``members``: a custom endpoint's, the
         only instances the read may use (else those of exclusive endpoints are left out)."""
+        usable = self._usable(topology, members)
+        return self._choose_among(usable, after, own, members is not None) if usable else None
+
+    def _usable(self, topology: Topology, members: frozenset[str] | None) -> list[Instance]:
+        """The readers a read may go to: answering, within the lag limit, members of its
+        custom endpoint if it has one (else not of an exclusive one)."""
         max_lag = self.settings.max_replica_lag_ms
-        endpoint_read = members is not None
         left_out = self._excluded(topology) if members is None and self.endpoints.exclusive \
             else _NOTHING
-        usable = [r for r in topology.readers if r.id not in self.unhealthy
-                  and (members is None or r.id in members) and r.id not in left_out
-                  and (r.lag_ms is None or r.lag_ms <= max_lag)]
-        if not usable:
-            return None
+        return [r for r in topology.readers if r.id not in self.unhealthy
+                and (members is None or r.id in members) and r.id not in left_out
+                and (r.lag_ms is None or r.lag_ms <= max_lag)]
+
+    def _choose_among(self, usable: list[Instance], after: CommitMark | None,
+                      own: CommitMark | None, endpoint_read: bool) -> Instance | None:
+        """One of the ``usable`` readers that has the commits the read must see, or None
+        (the writer, for read-your-writes)."""
         marks = [] if after is None else [after]
         if self.settings.read_your_writes:
             marks += self.commits.marks()
